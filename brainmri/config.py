@@ -1,0 +1,327 @@
+"""Typed run configuration: dataclass defaults, then a recipe YAML, then ``key=value`` overrides.
+
+The entry script builds one :class:`Config` with :func:`load_config` and hands each part
+only its own slice (``build_model(cfg.model)``). Every dataclass validates itself on
+creation, so a wrong value fails before any data is read, with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from brainmri.errors import ConfigError
+
+
+def _check(ok: bool, key: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
+
+
+def _choice(key: str, value: Any, choices: Sequence[Any]) -> None:
+    _check(value in choices, key, "one of " + "|".join(map(str, choices)), value)
+
+
+@dataclass
+class DataConfig:
+    """Where the images are and how they become tensors."""
+
+    root: Optional[str] = None  # folder with Training/ and Testing/; "builtin:demo" is the bundled set
+    image_size: int = 224
+    channels: int = 3
+    val_fraction: float = 0.1
+    on_bad_image: str = "error"  # error: stop with the list; skip: train without them
+    num_workers: int = -1  # -1: from the CPUs this process may use
+
+    def __post_init__(self) -> None:
+        _check(self.image_size >= 16, "data.image_size", "an integer >= 16", self.image_size)
+        _choice("data.channels", self.channels, (1, 3))
+        _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "a fraction in (0, 1)", self.val_fraction)
+        _choice("data.on_bad_image", self.on_bad_image, ("error", "skip"))
+        _check(self.num_workers >= -1, "data.num_workers", "-1 (auto) or >= 0", self.num_workers)
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation: a named preset whose parameters can each be overridden.
+
+    ``None`` means "the preset's value"; see :mod:`brainmri.data.transforms`.
+    """
+
+    preset: str = "resnet_study"  # resnet_study | cnn_study | none
+    pad: Optional[int] = None  # reflect-pad then random-crop back (pixels)
+    hflip: Optional[float] = None  # probability
+    translate: Optional[float] = None  # max fraction of the image, both axes
+    degrees: Optional[float] = None  # max rotation
+    brightness: Optional[List[float]] = None  # [min, max] factor
+    normalize: Optional[str] = None  # half (mean=std=0.5) | dataset (train split stats) | imagenet
+
+    def __post_init__(self) -> None:
+        _choice("augment.preset", self.preset, ("resnet_study", "cnn_study", "none"))
+        if self.pad is not None:
+            _check(self.pad >= 0, "augment.pad", "an integer >= 0", self.pad)
+        if self.hflip is not None:
+            _check(0.0 <= self.hflip <= 1.0, "augment.hflip", "a probability in [0, 1]", self.hflip)
+        if self.translate is not None:
+            _check(0.0 <= self.translate < 1.0, "augment.translate", "a fraction in [0, 1)", self.translate)
+        if self.degrees is not None:
+            _check(0.0 <= self.degrees <= 180.0, "augment.degrees", "degrees in [0, 180]", self.degrees)
+        if self.brightness is not None:
+            b = list(self.brightness)
+            _check(len(b) == 2 and 0 <= b[0] <= b[1], "augment.brightness", "[min, max] with 0 <= min <= max", b)
+        if self.normalize is not None:
+            _choice("augment.normalize", self.normalize, ("half", "dataset", "imagenet"))
+
+
+@dataclass
+class ModelConfig:
+    """Which network: a registered name (``cnn0``..``cnn3``, ``resnet18``) or any timm model."""
+
+    name: str = "resnet18"
+    in_chans: Optional[int] = None  # None: follow data.channels
+    pretrained: bool = False  # timm's pretrained weights (needs internet or the HF cache)
+    pretrained_file: Optional[str] = None  # local weights file, for compute nodes without internet
+    dropout: Optional[float] = None  # None: the model's default (study CNNs) or 0 (timm)
+    batch_norm: bool = False  # study CNNs only: BatchNorm after each conv
+    global_pool: bool = False  # study CNNs only: global average pooling instead of flatten
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "model.name", "a model name", self.name)
+        if self.in_chans is not None:
+            _choice("model.in_chans", self.in_chans, (1, 3))
+        if self.dropout is not None:
+            _check(0.0 <= self.dropout < 1.0, "model.dropout", "a probability in [0, 1)", self.dropout)
+
+
+@dataclass
+class TrainConfig:
+    """The loop: epochs, batch, precision and what counts as the best model."""
+
+    epochs: int = 10
+    batch_size: int = 32  # per process
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    grad_accum: int = 1
+    grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
+    label_smoothing: float = 0.0
+    class_weights: bool = False  # weight the loss by inverse class frequency of the train split
+    select_metric: str = "val/macro_f1"  # val/macro_f1 | val/acc | val/loss
+    keep_checkpoints: int = 2  # newest complete checkpoints kept (the best one is always kept)
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", "an integer >= 1", self.epochs)
+        _check(self.batch_size >= 1, "train.batch_size", "an integer >= 1", self.batch_size)
+        _choice("train.mixed_precision", self.mixed_precision, ("no", "bf16", "fp16"))
+        _check(self.grad_accum >= 1, "train.grad_accum", "an integer >= 1", self.grad_accum)
+        _check(self.grad_clip >= 0, "train.grad_clip", "a norm >= 0 (0 disables)", self.grad_clip)
+        _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", "a value in [0, 1)", self.label_smoothing)
+        _choice("train.select_metric", self.select_metric, ("val/macro_f1", "val/acc", "val/loss"))
+        _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "an integer >= 1", self.keep_checkpoints)
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule (stepped once per optimizer step)."""
+
+    name: str = "adamw"  # adamw | adam | sgd
+    lr: float = 1e-3  # peak learning rate (the max of onecycle)
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+    schedule: str = "constant"  # constant | cosine | onecycle
+    warmup_epochs: float = 0.0  # cosine: linear warm-up; onecycle: rise phase (0 -> 30% of training)
+    min_lr_ratio: float = 0.0  # cosine: final lr as a fraction of lr
+
+    def __post_init__(self) -> None:
+        _choice("optim.name", self.name, ("adamw", "adam", "sgd"))
+        _check(self.lr > 0, "optim.lr", "a positive learning rate", self.lr)
+        _check(self.weight_decay >= 0, "optim.weight_decay", "a value >= 0", self.weight_decay)
+        _check(0 <= self.momentum < 1, "optim.momentum", "a value in [0, 1)", self.momentum)
+        _choice("optim.schedule", self.schedule, ("constant", "cosine", "onecycle"))
+        _check(self.warmup_epochs >= 0, "optim.warmup_epochs", "a value >= 0", self.warmup_epochs)
+        _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "a fraction in [0, 1]", self.min_lr_ratio)
+
+
+@dataclass
+class TrackingConfig:
+    """Experiment tracking. Only ``disabled`` exists until the tracking work lands."""
+
+    wandb: str = "disabled"
+
+    def __post_init__(self) -> None:
+        _choice("tracking.wandb", self.wandb, ("disabled",))
+
+
+@dataclass
+class Config:
+    """One training run, fully resolved. Saved as ``config.yaml`` in the run directory."""
+
+    recipe: Optional[str] = None
+    output_dir: Optional[str] = None  # None: runs/<recipe>-<timestamp>
+    resume: str = "never"  # never | auto (continue from the newest complete checkpoint)
+    overwrite: bool = False  # allow starting a new run into a folder that already holds one
+    seed: int = 42
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        _choice("resume", self.resume, ("never", "auto"))
+        _check(not (self.overwrite and self.resume == "auto"), "overwrite", "false when resume=auto", self.overwrite)
+        if self.model.in_chans is not None and self.model.in_chans != self.data.channels:
+            raise ConfigError(
+                f"model.in_chans={self.model.in_chans} disagrees with data.channels={self.data.channels}: "
+                "set only data.channels"
+            )
+
+    @property
+    def in_chans(self) -> int:
+        return self.model.in_chans or self.data.channels
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+
+
+def _flat_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in node.items():
+        full = f"{prefix}{k}"
+        keys.append(full)
+        if isinstance(v, (dict, DictConfig)):
+            keys.extend(_flat_keys(v, full + "."))
+    return keys
+
+
+def _schema_keys(schema: type) -> list[str]:
+    return _flat_keys(OmegaConf.structured(schema))
+
+
+def nearest_key(key: str, valid: Sequence[str]) -> Optional[str]:
+    """The valid key a mistyped one most likely meant (full dotted name, then leaf name)."""
+    hit = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    if hit:
+        return hit[0]
+    prefix, _, leaf = key.rpartition(".")
+    same_section = [v for v in valid if v.rpartition(".")[0] == prefix]
+    leaves = {v.rpartition(".")[2]: v for v in same_section}
+    hit = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.5)
+    if hit:
+        return leaves[hit[0]]
+    anywhere = {v.rpartition(".")[2]: v for v in valid}
+    hit = difflib.get_close_matches(leaf, list(anywhere), n=1, cutoff=0.75)
+    return anywhere[hit[0]] if hit else None
+
+
+def check_keys(keys: Sequence[str], valid: Sequence[str], source: str) -> None:
+    """Fail on the first key that is not in the schema, naming the nearest valid one."""
+    valid_set = set(valid)
+    for key in keys:
+        if key not in valid_set:
+            hint = nearest_key(key, valid)
+            suggestion = f"; did you mean '{hint}'?" if hint else ""
+            raise ConfigError(f"unknown key '{key}' in {source}{suggestion}")
+
+
+def parse_overrides(args: Sequence[str]) -> dict[str, str]:
+    """``["optim.lr=1e-3", ...]`` to an ordered mapping; later duplicates win."""
+    out: dict[str, str] = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected key=value, got '{arg}'")
+        out[key.strip()] = value
+    return out
+
+
+def find_recipe(name: str, recipes_dir: Path) -> Path:
+    """A recipe by name (``recipes/NAME.yaml``) or by path to a YAML file."""
+    as_path = Path(name)
+    if as_path.suffix in (".yaml", ".yml"):
+        if as_path.is_file():
+            return as_path
+        raise ConfigError(f"recipe file not found: {as_path}")
+    path = recipes_dir / f"{name}.yaml"
+    if path.is_file():
+        return path
+    known = sorted(p.stem for p in recipes_dir.glob("*.yaml"))
+    hint = difflib.get_close_matches(name, known, n=1)
+    suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+    raise ConfigError(f"unknown recipe '{name}'{suggestion} (known: {', '.join(known)})")
+
+
+def load_yaml_mapping(path: Path) -> DictConfig:
+    try:
+        node = OmegaConf.load(path)
+    except Exception as e:  # yaml.YAMLError and friends; one line is enough
+        raise ConfigError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path} must hold a mapping of keys, not {type(node).__name__}")
+    return node
+
+
+def merge_config(schema: type, layers: Sequence[tuple[str, DictConfig | dict]]) -> Any:
+    """Merge named layers onto ``schema``'s defaults and build the validated dataclass.
+
+    Each layer's keys are checked first so a typo gets a "did you mean" instead of
+    OmegaConf's generic message; type conversion and errors come from OmegaConf.
+    """
+    valid = _schema_keys(schema)
+    merged = OmegaConf.structured(schema)
+    for source, layer in layers:
+        node = layer if isinstance(layer, DictConfig) else OmegaConf.create(layer)
+        check_keys(_flat_keys(node), valid, source)
+        try:
+            merged = OmegaConf.merge(merged, node)
+        except OmegaConfBaseException as e:
+            key = getattr(e, "full_key", None) or "?"
+            msg = str(getattr(e, "msg", e)).splitlines()[0]
+            raise ConfigError(f"{key}: {msg} (from {source})") from None
+    try:
+        return OmegaConf.to_object(merged)
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as e:
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(f"{key}: {str(getattr(e, 'msg', e)).splitlines()[0]}") from None
+
+
+def load_config(args: Sequence[str], recipes_dir: Path, schema: type = Config) -> Any:
+    """Defaults, then ``recipe=NAME`` (from ``recipes_dir``), then the other overrides."""
+    overrides = parse_overrides(args)
+    layers: list[tuple[str, DictConfig | dict]] = []
+    recipe = overrides.pop("recipe", None)
+    if recipe:
+        path = find_recipe(recipe, recipes_dir)
+        layers.append((f"recipe {path}", load_yaml_mapping(path)))
+    dotlist = [f"{k}={v}" for k, v in overrides.items()]
+    try:
+        cli = OmegaConf.from_dotlist(dotlist)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot parse overrides: {str(e).splitlines()[0]}") from None
+    if recipe:
+        cli = OmegaConf.merge(cli, {"recipe": Path(recipe).stem})
+    layers.append(("the command line", cli))
+    return merge_config(schema, layers)
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Any) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
+
+
+def config_from_yaml(path: Path, schema: type = Config) -> Any:
+    """Rebuild a config saved in a run directory."""
+    return merge_config(schema, [(str(path), load_yaml_mapping(path))])

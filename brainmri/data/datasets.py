@@ -1,0 +1,265 @@
+"""The two public Kaggle brain-MRI layouts, read unchanged.
+
+Sartaj Bhuvaji's "Brain Tumor Classification (MRI)" (``glioma_tumor``, ``no_tumor`` ...) and
+Masoud Nickparvar's "Brain Tumor MRI Dataset" (``glioma``, ``notumor`` ...) both hold
+``Training/`` and ``Testing/`` with one folder per class. Both map onto the same four
+canonical classes in a fixed order, whatever order the folders are listed in.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import random
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from brainmri.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+# A truncated file must fail the scan, never decode half-grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+CLASS_NAMES: tuple[str, ...] = ("glioma", "meningioma", "notumor", "pituitary")
+CLASS_ALIASES: dict[str, int] = {
+    "glioma": 0,
+    "glioma_tumor": 0,
+    "meningioma": 1,
+    "meningioma_tumor": 1,
+    "notumor": 2,
+    "no_tumor": 2,
+    "pituitary": 3,
+    "pituitary_tumor": 3,
+}
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
+SPLIT_FOLDERS = {"train": ("training", "train"), "test": ("testing", "test")}
+DEMO_ROOT = Path(__file__).resolve().parent / "demo"
+BUILTIN_DEMO = "builtin:demo"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image: its path relative to the dataset root and its canonical label."""
+
+    path: str
+    label: int
+
+
+@dataclass
+class DatasetSplits:
+    """The result of scanning a dataset: what trains, validates and tests."""
+
+    root: Path
+    train: list[Sample]
+    val: list[Sample]
+    test: Optional[list[Sample]]  # None: the dataset has no Testing folder
+    bad: dict[str, str]  # relative path -> reason, for images left out (on_bad_image=skip)
+
+
+def resolve_root(root: Optional[str]) -> Path:
+    """The dataset folder; ``builtin:demo`` is the small set shipped with the package."""
+    if not root:
+        raise DatasetError("data.root is not set: give data.root=/path/to/dataset (a folder with Training/)")
+    path = DEMO_ROOT if root == BUILTIN_DEMO else Path(root).expanduser()
+    if not path.is_dir():
+        raise DatasetError(f"data.root does not exist or is not a folder: {path}")
+    return path.resolve()
+
+
+def find_split_dir(root: Path, split: str) -> Optional[Path]:
+    """``Training``/``train`` (any case) for split "train", ``Testing``/``test`` for "test"."""
+    wanted = SPLIT_FOLDERS[split]
+    matches = sorted(p for p in root.iterdir() if p.is_dir() and p.name.lower() in wanted)
+    if len(matches) > 1:
+        raise DatasetError(f"{root} has several {split} folders: {', '.join(p.name for p in matches)}")
+    return matches[0] if matches else None
+
+
+def list_images(split_dir: Path, root: Path) -> list[Sample]:
+    """Every image under the class folders of one split, in canonical class order."""
+    class_dirs = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    unknown = [p.name for p in class_dirs if p.name.lower() not in CLASS_ALIASES]
+    if unknown:
+        raise DatasetError(
+            f"unknown class folder(s) {unknown} in {split_dir}; found {[p.name for p in class_dirs]}, "
+            f"accepted: {sorted(CLASS_ALIASES)}"
+        )
+    if not class_dirs:
+        raise DatasetError(f"no class folders in {split_dir} (expected e.g. glioma/, meningioma/, notumor/, pituitary/)")
+    samples: list[Sample] = []
+    for class_dir in sorted(class_dirs, key=lambda p: (CLASS_ALIASES[p.name.lower()], p.name)):
+        label = CLASS_ALIASES[class_dir.name.lower()]
+        files = sorted(
+            f
+            for f in class_dir.rglob("*")
+            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".")
+        )
+        if not files:
+            raise DatasetError(f"class folder {class_dir} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        samples.extend(Sample(f.relative_to(root).as_posix(), label) for f in files)
+    return samples
+
+
+def to_channels(image: Image.Image, channels: int) -> Image.Image:
+    """Convert any PIL mode to 8-bit grayscale (1) or RGB (3), deliberately.
+
+    16-bit and float images are scaled from their own min..max to 0..255 (a plain
+    ``convert("L")`` would clip them); transparency is composited onto black, the
+    background of an MRI slice; palette and CMYK go through RGB.
+    """
+    mode = image.mode
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        arr = np.asarray(image, dtype=np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        image = Image.fromarray(arr.round().astype(np.uint8), mode="L")
+    elif mode == "1":
+        image = image.convert("L")
+    elif mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, rgba).convert("RGB")
+    target = "L" if channels == 1 else "RGB"
+    return image if image.mode == target else image.convert(target)
+
+
+def load_image(path: Path | str, channels: int) -> Image.Image:
+    """Open, fully decode and convert one image."""
+    with Image.open(path) as im:
+        im.load()
+        return to_channels(im, channels)
+
+
+def verify_image(path: Path) -> Optional[str]:
+    """Why ``path`` cannot be trained on, or None when it decodes completely."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file (0 bytes)"
+        with Image.open(path) as im:
+            im.load()
+            if im.width < 1 or im.height < 1:
+                return f"degenerate size {im.size}"
+            to_channels(im, 3)
+    except UnidentifiedImageError:
+        return "not an image (unknown format)"
+    except OSError as e:
+        text = str(e)
+        return f"truncated or corrupt: {text}" if "truncat" in text.lower() else f"unreadable: {text}"
+    except (SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return f"corrupt: {e}"
+    return None
+
+
+def verify_images(root: Path, samples: Sequence[Sample], workers: int) -> dict[str, str]:
+    """Decode every image once (threads: PIL releases the GIL) and return all failures."""
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        reasons = pool.map(lambda s: verify_image(root / s.path), samples, chunksize=16)
+        return {s.path: r for s, r in zip(samples, reasons) if r is not None}
+
+
+def stratified_split(samples: Sequence[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Hold out ``val_fraction`` of every class (at least one image), reproducibly."""
+    rng = random.Random(seed)
+    train: list[Sample] = []
+    val: list[Sample] = []
+    for label in range(len(CLASS_NAMES)):
+        members = [s for s in samples if s.label == label]
+        if not members:
+            continue
+        rng.shuffle(members)
+        n_val = max(1, round(len(members) * val_fraction)) if len(members) > 1 else 0
+        val.extend(members[:n_val])
+        train.extend(members[n_val:])
+    return sorted(train, key=lambda s: s.path), sorted(val, key=lambda s: s.path)
+
+
+def scan_dataset(root: Path, val_fraction: float, seed: int, on_bad_image: str, workers: int) -> DatasetSplits:
+    """Find the splits, check every image and split Training into train and validation.
+
+    All unreadable images are reported together so a user fixes them in one go.
+    """
+    train_dir = find_split_dir(root, "train")
+    if train_dir is None:
+        found = sorted(p.name for p in root.iterdir() if p.is_dir())
+        raise DatasetError(f"no Training/ (or train/) folder in {root}; found {found}")
+    train_all = list_images(train_dir, root)
+    test_dir = find_split_dir(root, "test")
+    test = list_images(test_dir, root) if test_dir is not None else None
+    everything = train_all + (test or [])
+    log.info("checking %d images in %s", len(everything), root)
+    bad = verify_images(root, everything, workers)
+    if bad and on_bad_image == "error":
+        listing = "; ".join(f"{p}: {r}" for p, r in sorted(bad.items()))
+        raise DatasetError(
+            f"{len(bad)} unreadable image(s) in {root} (fix them or set data.on_bad_image=skip): {listing}"
+        )
+    if bad:
+        log.warning("skipping %d unreadable image(s) (listed in bad_images.txt)", len(bad))
+        train_all = [s for s in train_all if s.path not in bad]
+        test = [s for s in test if s.path not in bad] if test is not None else None
+    if not train_all:
+        raise DatasetError(f"no readable training images in {train_dir}")
+    if test is not None and not test:
+        raise DatasetError(f"no readable test images in {test_dir}")
+    train, val = stratified_split(train_all, val_fraction, seed)
+    if not val:
+        raise DatasetError(f"too few training images in {train_dir} for a validation split")
+    return DatasetSplits(root=root, train=train, val=val, test=test, bad=bad)
+
+
+def class_counts(samples: Sequence[Sample]) -> list[int]:
+    counts = Counter(s.label for s in samples)
+    return [counts.get(i, 0) for i in range(len(CLASS_NAMES))]
+
+
+def write_split(path: Path, splits: DatasetSplits) -> None:
+    """The exact split as CSV (file, class, split), so any run can be reproduced."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "class", "split"])
+        for name, samples in (("train", splits.train), ("val", splits.val), ("test", splits.test or [])):
+            for s in samples:
+                writer.writerow([s.path, CLASS_NAMES[s.label], name])
+    os.replace(tmp, path)
+
+
+def read_split(path: Path, root: Path, has_test: bool) -> DatasetSplits:
+    """Reload a split written by :func:`write_split` (used on resume and by every rank)."""
+    parts: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            parts[row["split"]].append(Sample(row["file"], CLASS_NAMES.index(row["class"])))
+    missing = [s.path for s in parts["train"][:1] + parts["val"][:1] if not (root / s.path).is_file()]
+    if missing:
+        raise DatasetError(f"{path} lists {missing[0]}, which is not in data.root={root}")
+    return DatasetSplits(root, parts["train"], parts["val"], parts["test"] if has_test else None, {})
+
+
+class ImageDataset(Dataset):
+    """Samples decoded on demand with PIL and passed through ``transform``."""
+
+    def __init__(self, root: Path, samples: Sequence[Sample], channels: int, transform: Optional[Callable] = None):
+        self.root = root
+        self.samples = list(samples)
+        self.channels = channels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        sample = self.samples[index]
+        image = load_image(self.root / sample.path, self.channels)
+        return (self.transform(image) if self.transform else image), sample.label

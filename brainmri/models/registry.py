@@ -1,0 +1,112 @@
+"""Model registry: ``create_model(name, ...)`` for registered names and any timm model.
+
+Registered: the study CNNs ``cnn0``..``cnn3``; everything else (``resnet18`` included) is
+built by timm, so ``model.name=convnext_tiny`` or ``efficientnet_b0`` just works.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Optional
+
+import timm
+from torch import nn
+
+from brainmri.config import ModelConfig
+from brainmri.errors import ConfigError
+from brainmri.models.cnn import STUDY_CNNS, StudyCNN
+
+log = logging.getLogger(__name__)
+
+ModelFactory = Callable[..., nn.Module]
+_REGISTRY: dict[str, ModelFactory] = {}
+
+
+def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Decorator: make ``factory(num_classes, in_chans, image_size, cfg)`` available by name."""
+
+    def wrap(factory: ModelFactory) -> ModelFactory:
+        _REGISTRY[name] = factory
+        return factory
+
+    return wrap
+
+
+def list_models(include_timm: bool = False) -> list[str]:
+    names = sorted(_REGISTRY)
+    return names + (timm.list_models() if include_timm else [])
+
+
+def is_model(name: str) -> bool:
+    return name in _REGISTRY or timm.is_model(name)
+
+
+def _study_factory(name: str) -> ModelFactory:
+    spec = STUDY_CNNS[name]
+
+    def factory(num_classes: int, in_chans: int, image_size: int, cfg: ModelConfig) -> nn.Module:
+        if cfg.pretrained or cfg.pretrained_file:
+            raise ConfigError(f"model.name={name} has no pretrained weights; unset model.pretrained(_file)")
+        return StudyCNN(
+            spec.widths,
+            spec.fc,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            dropout=spec.dropout if cfg.dropout is None else cfg.dropout,
+            input_size=image_size,
+            batch_norm=cfg.batch_norm,
+            global_pool=cfg.global_pool,
+        )
+
+    return factory
+
+
+for _name in STUDY_CNNS:
+    register_model(_name)(_study_factory(_name))
+
+
+def create_timm_model(num_classes: int, in_chans: int, cfg: ModelConfig) -> nn.Module:
+    """A timm model, with pretrained weights from timm's hub or from a local file.
+
+    Compute nodes rarely have internet, hence ``pretrained_file``: timm reads it through
+    ``pretrained_cfg_overlay`` and still adapts the first conv for ``in_chans=1`` and
+    re-initialises the classifier for the 4 classes.
+    """
+    if cfg.batch_norm or cfg.global_pool:
+        raise ConfigError("model.batch_norm and model.global_pool apply to the study CNNs only")
+    kwargs: dict = {"num_classes": num_classes, "in_chans": in_chans}
+    if cfg.dropout is not None:
+        kwargs["drop_rate"] = cfg.dropout
+    pretrained = cfg.pretrained or bool(cfg.pretrained_file)
+    if cfg.pretrained_file:
+        path = Path(cfg.pretrained_file).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"model.pretrained_file does not exist: {path}")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+    return timm.create_model(cfg.name, pretrained=pretrained, **kwargs)
+
+
+def build_model(cfg: ModelConfig, in_chans: int, image_size: int, num_classes: int = 4) -> nn.Module:
+    """The network named by ``cfg.name`` for ``in_chans`` x ``image_size``^2 inputs."""
+    if cfg.name in _REGISTRY:
+        return _REGISTRY[cfg.name](num_classes, in_chans, image_size, cfg)
+    if timm.is_model(cfg.name):
+        return create_timm_model(num_classes, in_chans, cfg)
+    import difflib
+
+    hint = difflib.get_close_matches(cfg.name, list_models() + timm.list_models(), n=1)
+    suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+    raise ConfigError(f"model.name={cfg.name!r} is neither registered nor a timm model{suggestion}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def cam_target_layer(model: nn.Module) -> Optional[nn.Module]:
+    """The layer whose activations Grad-CAM should use: the last conv stage."""
+    if hasattr(model, "cam_layer"):
+        return model.cam_layer()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1] if convs else None

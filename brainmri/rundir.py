@@ -1,0 +1,163 @@
+"""The run directory: what a run writes, and how it is written so a kill loses nothing.
+
+Layout (a contract other tools rely on)::
+
+    config.yaml        fully resolved config
+    split.csv          file, class, split for every image used
+    dataset.json       class names, counts, normalization mean/std, image size, channels
+    metrics.jsonl      one JSON object per finished epoch
+    results.json       test metrics of the best model
+    best.safetensors   weights of the best epoch (metadata: epoch, metric)
+    checkpoints/epoch_NNNN/   full training state (Accelerate save_state)
+    bad_images.txt     images left out with data.on_bad_image=skip
+
+Every file is written to a temporary name and renamed into place; a checkpoint folder
+only gets its final name once all of it is on disk, so a folder named ``epoch_NNNN`` is
+always complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from brainmri.errors import RunDirError
+
+CHECKPOINT_RE = re.compile(r"^epoch_(\d{4,})$")
+RUN_MARKERS = ("config.yaml", "checkpoints", "metrics.jsonl", "results.json")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def write_jsonl(path: Path, records: Iterable[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths inside one run directory."""
+
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def split(self) -> Path:
+        return self.path / "split.csv"
+
+    @property
+    def dataset(self) -> Path:
+        return self.path / "dataset.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def results(self) -> Path:
+        return self.path / "results.json"
+
+    @property
+    def best_weights(self) -> Path:
+        return self.path / "best.safetensors"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def bad_images(self) -> Path:
+        return self.path / "bad_images.txt"
+
+    def checkpoint(self, epoch: int) -> Path:
+        return self.checkpoints / f"epoch_{epoch:04d}"
+
+    def temp_checkpoint(self, epoch: int) -> Path:
+        return self.checkpoints / f".tmp-epoch_{epoch:04d}"
+
+    def holds_run(self) -> bool:
+        return any((self.path / m).exists() for m in RUN_MARKERS)
+
+    def complete_checkpoints(self) -> list[tuple[int, Path]]:
+        """(epoch, folder) of every complete checkpoint, oldest first."""
+        if not self.checkpoints.is_dir():
+            return []
+        found = []
+        for p in self.checkpoints.iterdir():
+            m = CHECKPOINT_RE.match(p.name)
+            if m and p.is_dir():
+                found.append((int(m.group(1)), p))
+        return sorted(found)
+
+    def latest_checkpoint(self) -> Optional[tuple[int, Path]]:
+        found = self.complete_checkpoints()
+        return found[-1] if found else None
+
+    def remove_temp_checkpoints(self) -> None:
+        """Folders a killed run left half-written; never complete, always safe to delete."""
+        if self.checkpoints.is_dir():
+            for p in self.checkpoints.glob(".tmp-*"):
+                shutil.rmtree(p, ignore_errors=True)
+
+    def prune_checkpoints(self, keep: int, best_epoch: Optional[int]) -> None:
+        """Keep the newest ``keep`` complete checkpoints and the best one."""
+        found = self.complete_checkpoints()
+        for epoch, path in found[:-keep] if keep else found:
+            if epoch != best_epoch:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def check_output_dir(path: Path, resume: str, overwrite: bool) -> str:
+    """Decide what a run may do with ``path``: "new", "resume" or "overwrite".
+
+    Refuses to start a new run into a folder that already holds one, so nothing is
+    clobbered by a repeated command; ``resume=auto`` continues it, ``overwrite=true``
+    replaces it deliberately.
+    """
+    run = RunDir(path)
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"output_dir {path} exists and is not a folder")
+    if not path.exists() or not any(path.iterdir()):
+        return "new"
+    if not run.holds_run():
+        raise RunDirError(f"output_dir {path} is not empty and holds no brainmri run; choose another output_dir")
+    if resume == "auto":
+        return "resume"
+    if overwrite:
+        return "overwrite"
+    raise RunDirError(
+        f"output_dir {path} already holds a run: add resume=auto to continue it, or overwrite=true to replace it"
+    )
+
+
+def clear_run(path: Path) -> None:
+    """Remove the artefacts of a previous run (``overwrite=true``); other files stay."""
+    run = RunDir(path)
+    for p in (run.config, run.split, run.dataset, run.metrics, run.results, run.best_weights, run.bad_images):
+        p.unlink(missing_ok=True)
+    for p in (run.checkpoints, path / "figures"):
+        shutil.rmtree(p, ignore_errors=True)

@@ -1,0 +1,180 @@
+"""The real entry script, run as users run it: subprocesses, real files, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from brainmri.rundir import read_jsonl
+from tests.conftest import REPO, fast_overrides, make_dataset, python, run_script
+
+TRAIN = str(REPO / "launch" / "train.py")
+ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+METRIC_KEYS = {"epoch", "train/loss", "train/acc", "val/loss", "val/acc", "val/macro_f1", "lr", "throughput", "epoch_time"}
+
+
+def test_demo_two_processes_ddp(tmp_path):
+    """accelerate's torchrun launcher, 2 CPU processes over gloo, the bundled demo recipe."""
+    out = tmp_path / "demo"
+    proc = run_script(
+        [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", TRAIN,
+         "recipe=demo", "train.epochs=2", f"output_dir={out}"],
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["world_size"] == 2
+    assert results["test/size"] == 40
+    assert sum(map(sum, results["confusion_matrix"])) == 40  # every test image once, no padding duplicates
+    assert results["class_names"] == ["glioma", "meningioma", "notumor", "pituitary"]
+    assert set(results["per_class"]) == set(results["class_names"])
+    assert 0 <= results["test/acc"] <= 1 and 0 <= results["test/macro_f1"] <= 1
+    history = read_jsonl(out / "metrics.jsonl")
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert all(METRIC_KEYS <= set(r) for r in history)
+    assert all(r["throughput"] > 0 and r["epoch_time"] > 0 for r in history)
+    for name in ("config.yaml", "split.csv", "dataset.json", "best.safetensors"):
+        assert (out / name).is_file(), name
+    split_rows = (out / "split.csv").read_text().splitlines()[1:]
+    assert len(split_rows) == 200
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0001", "epoch_0002"]
+    assert proc.stdout.count("resolved config") == 1  # only the main process prints
+
+
+def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.005)
+    return False
+
+
+def test_kill_and_resume_keeps_every_epoch_exactly_once(tmp_path):
+    """SIGKILL mid-epoch and mid-checkpoint-write; resume=auto each time; history stays exact."""
+    root = make_dataset(tmp_path / "data", train_per_class=6, test_per_class=2, size=40)
+    out = tmp_path / "run"
+    args = python(TRAIN, *fast_overrides(root, out, epochs=6))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    ckpts = out / "checkpoints"
+
+    def checkpoint_being_written() -> bool:
+        return ckpts.is_dir() and any(p.name.startswith(".tmp-") and any(p.iterdir()) for p in ckpts.iterdir())
+
+    def epochs_done(n: int):
+        return lambda: ckpts.is_dir() and any(p.name >= f"epoch_{n:04d}" for p in ckpts.iterdir() if p.name.startswith("epoch_"))
+
+    kills = [checkpoint_being_written, epochs_done(3), checkpoint_being_written]
+    for i, moment in enumerate(kills):
+        extra = ["resume=auto"] if i else []
+        proc = subprocess.Popen(args + extra, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        hit = _wait_for(moment, 300, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert hit, f"kill {i} never saw its moment"
+    final = run_script(args + ["resume=auto"], timeout=600)
+    assert final.returncode == 0, final.stderr[-3000:]
+    history = read_jsonl(out / "metrics.jsonl")
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5, 6]
+    results = json.loads((out / "results.json").read_text())
+    assert sum(map(sum, results["confusion_matrix"])) == 8
+    assert not any(p.name.startswith(".tmp-") for p in ckpts.iterdir())
+    assert len([p for p in ckpts.iterdir()]) <= 3  # keep_checkpoints=2 plus the best
+
+
+def test_refuses_to_clobber_then_resume_and_overwrite(tmp_path):
+    root = make_dataset(tmp_path / "data", train_per_class=4, test_per_class=1, size=32)
+    out = tmp_path / "run"
+    args = python(TRAIN, *fast_overrides(root, out, epochs=1))
+    assert run_script(args).returncode == 0
+    before = (out / "results.json").read_bytes()
+    again = run_script(args)
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines() == [
+        f"error: output_dir {out} already holds a run: add resume=auto to continue it, or overwrite=true to replace it"
+    ]
+    assert (out / "results.json").read_bytes() == before
+    resumed = run_script(args + ["resume=auto"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [1]
+    longer = run_script(args[:-1] + ["train.epochs=2", "resume=auto"])  # extend a finished run
+    assert longer.returncode == 0, longer.stderr[-2000:]
+    assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2]
+    fresh = run_script(args + ["overwrite=true"])
+    assert fresh.returncode == 0
+    assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [1]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lrr=0.1", "error: unknown key 'optim.lrr' in the command line; did you mean 'optim.lr'?"),
+        ("train.epochs=two", "error: train.epochs: Value 'two' of type 'str' could not be converted to Integer"),
+        ("data.val_fraction=1.2", "error: data.val_fraction=1.2 is invalid: expected a fraction in (0, 1)"),
+    ],
+)
+def test_config_errors_are_one_line_exit_2(tmp_path, override, message):
+    proc = run_script(python(TRAIN, "recipe=demo", f"output_dir={tmp_path / 'r'}", override))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "r").exists()
+
+
+def test_bad_images_fail_before_anything_is_written(tmp_path):
+    from tests.unit.test_datasets import plant_bad_images
+
+    root = make_dataset(tmp_path / "data", train_per_class=3, test_per_class=1, size=32)
+    plant_bad_images(root)
+    out = tmp_path / "run"
+    proc = run_script(python(TRAIN, *fast_overrides(root, out)))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: 4 unreadable image(s)"), proc.stderr
+    for name in ("empty.jpg", "text.jpg", "truncated.jpg", "corrupt.jpg"):
+        assert name in lines[0]
+    assert not out.exists()
+    skipped = run_script(python(TRAIN, *fast_overrides(root, out, epochs=1), "data.on_bad_image=skip"))
+    assert skipped.returncode == 0, skipped.stderr[-2000:]
+    assert len((out / "bad_images.txt").read_text().splitlines()) == 4
+
+
+def test_unknown_class_folder_and_missing_folder_via_cli(tmp_path):
+    root = make_dataset(tmp_path / "data", train_per_class=2, test_per_class=1, size=32)
+    (root / "Training" / "tumour").mkdir()
+    proc = run_script(python(TRAIN, *fast_overrides(root, tmp_path / "r")))
+    assert proc.returncode == 2 and "unknown class folder(s) ['tumour']" in proc.stderr
+    proc = run_script(python(TRAIN, *fast_overrides(tmp_path / "nowhere", tmp_path / "r")))
+    assert proc.returncode == 2 and "data.root does not exist" in proc.stderr
+
+
+def test_no_testing_folder_trains_without_test_phase(tmp_path):
+    root = make_dataset(tmp_path / "data", train_per_class=4, test_per_class=0, size=32)
+    out = tmp_path / "run"
+    proc = run_script(python(TRAIN, *fast_overrides(root, out, epochs=1)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "no Testing/ folder" in proc.stderr
+    assert json.loads((out / "results.json").read_text())["test"] is None
+
+
+def test_masoud_layout_grayscale_cnn_study(tmp_path):
+    """The other public layout, one channel, dataset-statistics normalization, class weights."""
+    root = make_dataset(tmp_path / "data", layout="masoud", train_per_class=5, test_per_class=2, size=40)
+    out = tmp_path / "run"
+    proc = run_script(python(TRAIN, *fast_overrides(root, out, epochs=2), "augment.preset=cnn_study", "data.channels=1",
+                             "train.class_weights=true", "optim.schedule=cosine", "optim.warmup_epochs=1",
+                             "train.grad_accum=2", "train.grad_clip=1.0", "train.label_smoothing=0.1", "optim.name=sgd"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads((out / "dataset.json").read_text())
+    assert len(info["mean"]) == 1 and 0 < info["mean"][0] < 1 and info["std"][0] > 0
+    assert json.loads((out / "results.json").read_text())["test/size"] == 8

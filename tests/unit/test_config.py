@@ -1,0 +1,106 @@
+from pathlib import Path
+
+import pytest
+
+from brainmri.config import Config, config_from_yaml, load_config, nearest_key, to_yaml
+from brainmri.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPES = REPO / "recipes"
+
+
+def test_defaults_then_recipe_then_overrides():
+    cfg = load_config(["recipe=cnn3_256", "optim.lr=1e-3", "train.epochs=3"], RECIPES)
+    assert cfg.recipe == "cnn3_256"
+    assert cfg.model.name == "cnn3"  # from the recipe
+    assert cfg.optim.lr == pytest.approx(1e-3)  # override beats recipe (7e-4)
+    assert cfg.train.epochs == 3
+    assert cfg.data.val_fraction == 0.1  # dataclass default
+    assert isinstance(cfg.optim.lr, float)
+
+
+@pytest.mark.parametrize(
+    "arg, expected",
+    [
+        ("optim.lrr=1", "did you mean 'optim.lr'"),
+        ("data.img_size=3", "did you mean 'data.image_size'"),
+        ("trian.epochs=3", "unknown key 'trian'.*did you mean 'train'"),
+        ("model.nmae=x", "did you mean 'model.name'"),
+    ],
+)
+def test_unknown_key_names_nearest(arg, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config([arg], RECIPES)
+
+
+@pytest.mark.parametrize(
+    "arg, expected",
+    [
+        ("optim.lr=abc", "optim.lr"),
+        ("train.epochs=2.5", "train.epochs"),
+        ("optim.lr=-1", "optim.lr=-1.0 is invalid: expected a positive learning rate"),
+        ("data.val_fraction=1.5", "data.val_fraction=1.5 is invalid: expected a fraction in \\(0, 1\\)"),
+        ("data.val_fraction=0", "data.val_fraction"),
+        ("data.channels=2", "data.channels=2 is invalid: expected one of 1\\|3"),
+        ("train.mixed_precision=fp8", "train.mixed_precision"),
+        ("data.on_bad_image=ignore", "data.on_bad_image"),
+        ("resume=yes", "resume"),
+    ],
+)
+def test_bad_values_name_the_key(arg, expected):
+    with pytest.raises(ConfigError, match=expected) as info:
+        load_config([arg], RECIPES)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_recipe_suggests():
+    with pytest.raises(ConfigError, match="did you mean 'resnet18_512'"):
+        load_config(["recipe=resnet18_521"], RECIPES)
+
+
+def test_recipe_by_path(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("model:\n  name: cnn1\n")
+    cfg = load_config([f"recipe={path}"], RECIPES)
+    assert cfg.model.name == "cnn1" and cfg.recipe == "mine"
+
+
+def test_unknown_key_in_recipe_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  nam: cnn1\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'model.nam' in recipe .*bad.yaml; did you mean 'model.name'"):
+        load_config([f"recipe={path}"], RECIPES)
+
+
+def test_malformed_override():
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(["optim.lr"], RECIPES)
+
+
+def test_in_chans_must_agree_with_channels():
+    with pytest.raises(ConfigError, match="model.in_chans=1 disagrees with data.channels=3"):
+        load_config(["model.in_chans=1"], RECIPES)
+    assert load_config(["data.channels=1"], RECIPES).in_chans == 1
+
+
+def test_list_values_parse():
+    cfg = load_config(["augment.brightness=[0.7,1.3]"], RECIPES)
+    assert list(cfg.augment.brightness) == [0.7, 1.3]
+    with pytest.raises(ConfigError, match="augment.brightness"):
+        load_config(["augment.brightness=[1.3,0.7]"], RECIPES)
+
+
+def test_round_trip_through_yaml(tmp_path):
+    cfg = load_config(["recipe=resnet18_512", "seed=7"], RECIPES)
+    path = tmp_path / "config.yaml"
+    path.write_text(to_yaml(cfg))
+    assert config_from_yaml(path) == cfg
+
+
+def test_nearest_key_none_for_nonsense():
+    assert nearest_key("zzzzzz.qqqq", ["optim.lr", "data.root"]) is None
+
+
+def test_config_validates_on_creation():
+    with pytest.raises(ConfigError):
+        Config(resume="sometimes")
