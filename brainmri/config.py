@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -147,12 +147,68 @@ class OptimConfig:
 
 @dataclass
 class TrackingConfig:
-    """Experiment tracking. Only ``disabled`` exists until the tracking work lands."""
+    """Weights & Biases. ``auto``: online when credentials are configured, else offline."""
 
-    wandb: str = "disabled"
+    wandb: str = "auto"  # auto | online | offline | disabled
+    project: str = "brainmri"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    name: Optional[str] = None  # None: the output_dir's name
+    log_every: int = 10  # optimizer steps between step-level logs (loss, lr, images/s)
+    log_model: bool = False  # upload best.safetensors as a W&B artifact
+    init_timeout: float = 90.0  # seconds to wait for W&B before falling back to offline
+    samples_per_class: int = 3  # images per class in the augmentation grid
 
     def __post_init__(self) -> None:
-        _choice("tracking.wandb", self.wandb, ("disabled",))
+        _choice("tracking.wandb", self.wandb, ("auto", "online", "offline", "disabled"))
+        _check(bool(self.project), "tracking.project", "a project name", self.project)
+        _check(self.log_every >= 1, "tracking.log_every", "an integer >= 1", self.log_every)
+        _check(self.init_timeout > 0, "tracking.init_timeout", "seconds > 0", self.init_timeout)
+        _check(1 <= self.samples_per_class <= 8, "tracking.samples_per_class", "an integer in [1, 8]", self.samples_per_class)
+
+
+@dataclass
+class SlurmConfig:
+    """How ``launch/submit.py`` and ``launch/sweep.py`` ask SLURM (through submitit) for resources.
+
+    Read by the launchers only; ``launch/train.py`` ignores this section, so a recipe can
+    carry its cluster defaults.
+    """
+
+    cluster: str = "slurm"  # slurm | local | debug (submitit's executors)
+    partition: Optional[str] = None
+    nodes: int = 1
+    gpus_per_node: int = 1
+    tasks_per_node: Optional[int] = None  # None: one task per GPU (1 without GPUs)
+    cpus_per_task: int = 8  # also sets DataLoader workers (cpus_per_task - 1) unless data.num_workers is set
+    mem_gb: Optional[float] = None
+    timeout_min: int = 24 * 60
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    array_parallelism: int = 16  # sweeps: trials running at once
+    max_requeues: int = 3  # preemptions and time-outs that requeue the job
+    setup: List[str] = field(default_factory=list)  # shell lines before the job (module load ...)
+    additional: Dict[str, Any] = field(default_factory=dict)  # any other sbatch option: {reservation: x}
+    job_name: Optional[str] = None  # None: brainmri-<recipe>
+
+    def __post_init__(self) -> None:
+        _choice("slurm.cluster", self.cluster, ("slurm", "local", "debug"))
+        _check(self.nodes >= 1, "slurm.nodes", "an integer >= 1", self.nodes)
+        _check(self.gpus_per_node >= 0, "slurm.gpus_per_node", "an integer >= 0", self.gpus_per_node)
+        if self.tasks_per_node is not None:
+            _check(self.tasks_per_node >= 1, "slurm.tasks_per_node", "an integer >= 1", self.tasks_per_node)
+        _check(self.cpus_per_task >= 1, "slurm.cpus_per_task", "an integer >= 1", self.cpus_per_task)
+        if self.mem_gb is not None:
+            _check(self.mem_gb > 0, "slurm.mem_gb", "GiB > 0", self.mem_gb)
+        _check(self.timeout_min >= 1, "slurm.timeout_min", "minutes >= 1", self.timeout_min)
+        _check(self.array_parallelism >= 1, "slurm.array_parallelism", "an integer >= 1", self.array_parallelism)
+        _check(self.max_requeues >= 0, "slurm.max_requeues", "an integer >= 0", self.max_requeues)
+
+    @property
+    def tasks(self) -> int:
+        return self.tasks_per_node or max(1, self.gpus_per_node)
 
 
 @dataclass
@@ -170,6 +226,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def __post_init__(self) -> None:
         _choice("resume", self.resume, ("never", "auto"))
@@ -219,11 +276,14 @@ def nearest_key(key: str, valid: Sequence[str]) -> Optional[str]:
     return anywhere[hit[0]] if hit else None
 
 
+FREE_FORM = ("slurm.additional",)  # mappings whose keys are the user's (sbatch options)
+
+
 def check_keys(keys: Sequence[str], valid: Sequence[str], source: str) -> None:
     """Fail on the first key that is not in the schema, naming the nearest valid one."""
     valid_set = set(valid)
     for key in keys:
-        if key not in valid_set:
+        if key not in valid_set and not key.startswith(tuple(f + "." for f in FREE_FORM)):
             hint = nearest_key(key, valid)
             suggestion = f"; did you mean '{hint}'?" if hint else ""
             raise ConfigError(f"unknown key '{key}' in {source}{suggestion}")

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 import warnings
 from contextlib import nullcontext
@@ -41,6 +42,7 @@ from brainmri.data.datasets import (
     ImageDataset,
     class_counts,
     find_split_dir,
+    load_image,
     read_split,
     resolve_root,
     scan_dataset,
@@ -54,9 +56,11 @@ from brainmri.data.transforms import (
     resolve_augment,
     unnormalized_transform,
 )
+from brainmri import figures
 from brainmri.errors import BrainMRIError, CheckpointError
 from brainmri.metrics import classification_metrics
 from brainmri.models import build_model, count_parameters
+from brainmri.tracking import Tracker
 from brainmri.rundir import RunDir, atomic_write_json, atomic_write_text, check_output_dir, clear_run, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -87,6 +91,14 @@ class TrainState:
         self.best_metric = state["best_metric"]
         self.best_epoch = state["best_epoch"]
         self.history = json.loads(state["history"])
+
+
+class TrainingInterrupted(Exception):
+    """Every rank stopped at the same step because a stop was requested (preemption, time limit).
+
+    The epoch in flight is dropped; the newest complete checkpoint is where ``resume=auto``
+    continues, so the history still holds each epoch exactly once.
+    """
 
 
 class IndexedDataset(torch.utils.data.Dataset):
@@ -159,9 +171,23 @@ def build_scheduler(
 class Trainer:
     """Trains one run described by a :class:`Config` into its run directory."""
 
-    def __init__(self, cfg: Config, show_progress: bool = True):
+    def __init__(
+        self,
+        cfg: Config,
+        show_progress: bool = True,
+        wandb_mode: Optional[str] = None,
+        stop_event: Optional[threading.Event] = None,
+    ):
+        """``wandb_mode`` is ``tracking.wandb`` with ``auto`` already resolved by the caller
+        (see :func:`brainmri.tracking.resolve_mode`); an unresolved ``auto`` means offline.
+        ``stop_event``, set from any rank (a signal handler, say), makes all ranks stop together
+        at the next step with :class:`TrainingInterrupted`."""
         self.cfg = cfg
+        self.stop_event = stop_event
         self.show_progress = show_progress
+        mode = wandb_mode or cfg.tracking.wandb
+        self.wandb_mode = "offline" if mode == "auto" else mode
+        self.offline_sync_command: Optional[str] = None
         self.state = TrainState()
         self.class_names = list(CLASS_NAMES)
 
@@ -196,6 +222,20 @@ class Trainer:
         if status == "crash":
             raise RuntimeError(f"main process failed: {value}")
         return value
+
+    def check_stop(self) -> None:
+        """Raise :class:`TrainingInterrupted` on every rank if a stop was requested on any.
+
+        Only one rank may have seen the signal, so the flag is shared with a collective;
+        every rank calls this at the same points, so none is left waiting in another one.
+        """
+        if self.stop_event is None:
+            return
+        flag = torch.tensor([1.0 if self.stop_event.is_set() else 0.0], device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            flag = self.accelerator.reduce(flag, reduction="sum")
+        if float(flag) > 0:
+            raise TrainingInterrupted(f"stop requested; resume continues after epoch {self.state.epoch}")
 
     # ------------------------------------------------------------------ setup
 
@@ -265,6 +305,37 @@ class Trainer:
 
         if mode == "resume":
             self._resume()
+
+        self.tracker = Tracker(self.accelerator, cfg.tracking, self.run, self.wandb_mode)
+        self.tracker.start(config_lib.to_dict(cfg))
+        if self.is_main and self.state.epoch == 0:
+            self._start_figures()
+
+    def _start_figures(self) -> None:
+        """Class balance and augmentation samples, written once at the start of a run."""
+        counts = self.dataset_info["counts"]
+        path = self.figures_dir / "class_distribution.png"
+        figures.save_figure(figures.class_distribution(counts, self.class_names), path)
+        self.tracker.log_figure("data/class_distribution", path)
+        self.tracker.log_class_distribution(counts, self.class_names)
+        k = self.cfg.tracking.samples_per_class
+        chosen = [s for label in range(len(self.class_names)) for s in [x for x in self.splits.train if x.label == label][:k]]
+        plain = unnormalized_transform(self.cfg.data.image_size)
+        augment = self.train_loader.dataset.dataset.transform
+        pairs = []
+        with torch.random.fork_rng():  # the grid must not shift the training RNG streams
+            torch.manual_seed(self.cfg.seed)
+            for sample in chosen:
+                image = load_image(self.splits.root / sample.path, self.cfg.data.channels)
+                pairs.append((plain(image), augment(image), sample.label))
+        path = self.figures_dir / "augmentations.png"
+        mean, std = self.dataset_info["mean"], self.dataset_info["std"]
+        figures.save_figure(figures.augmentation_grid(pairs, self.class_names, mean, std), path)
+        self.tracker.log_figure("data/augmentations", path)
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.run.path / "figures"
 
     def _dataset_info(self, splits: DatasetSplits) -> dict:
         """Class counts and normalization, measured once and stored so evaluation reuses them."""
@@ -401,6 +472,7 @@ class Trainer:
         with progress or nullcontext():
             task = progress.add_task("train", total=len(self.train_loader), loss=float("nan"), ips=0.0) if progress else None
             for images, targets, index in self.train_loader:
+                self.check_stop()
                 with acc.accumulate(self.model):
                     logits = self.model(images).float()
                     per_sample = self.criterion(logits, targets)
@@ -421,6 +493,13 @@ class Trainer:
                 seen += len(targets) * acc.num_processes
                 if progress:
                     progress.update(task, advance=1, loss=float(loss), ips=seen / (time.perf_counter() - start))
+                if acc.sync_gradients and self.state.step % cfg.tracking.log_every == 0 and self.tracker.enabled:
+                    self.tracker.log({
+                        "step": self.state.step,
+                        "step/train_loss": float(loss),
+                        "step/lr": self.optimizer.param_groups[0]["lr"],
+                        "step/throughput": seen / (time.perf_counter() - start),
+                    })
         elapsed = time.perf_counter() - start
         logits, targets, losses = self._gather_predictions(indices, logits_all, targets_all, losses_all)
         metrics = classification_metrics(logits, targets, self.class_names, "train")
@@ -511,7 +590,11 @@ class Trainer:
         return results
 
     def close(self) -> None:
-        if hasattr(self, "accelerator"):
+        if hasattr(self, "tracker"):
+            self.offline_sync_command = self.tracker.finish()
+            if self.offline_sync_command:
+                log.info("W&B run saved offline; upload it with: %s", self.offline_sync_command)
+        elif hasattr(self, "accelerator"):
             self.accelerator.end_training()
 
     # ------------------------------------------------------------------ the loop
@@ -537,6 +620,7 @@ class Trainer:
                 start = time.perf_counter()
                 lr = self.optimizer.param_groups[0]["lr"]
                 train = self.train_epoch(epoch)
+                self.check_stop()
                 val = self.evaluate(self.val_loader, "val")
                 record = {
                     "epoch": epoch + 1,
@@ -554,18 +638,43 @@ class Trainer:
                     self.state.best_metric, self.state.best_epoch = value, epoch + 1
                     if self.is_main:
                         self._write_best(acc.unwrap_model(self.model).state_dict(), epoch + 1, value)
+                if torch.cuda.is_available():
+                    record["gpu_mem_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
+                    torch.cuda.reset_peak_memory_stats()
                 self.save_checkpoint(epoch + 1)
                 if self.is_main:
                     write_jsonl(self.run.metrics, self.state.history)
+                    self.tracker.log(record)
+                    curves = figures.training_curves(self.state.history, self.state.best_epoch)
+                    figures.save_figure(curves, self.figures_dir / "curves.png")
                     log.info(
                         "epoch %d/%d  train loss %.4f acc %.3f | val loss %.4f acc %.3f f1 %.3f | %.1f img/s, %.1f s%s",
                         epoch + 1, cfg.train.epochs, record["train/loss"], record["train/acc"], record["val/loss"],
                         record["val/acc"], record["val/macro_f1"], record["throughput"], record["epoch_time"],
                         "  *best*" if self.state.best_epoch == epoch + 1 else "",
                     )
-            return self.test()
+            results = self.test()
+            if self.is_main:
+                self._end_figures(results)
+            return results
+        except TrainingInterrupted as e:
+            log.warning("training stopped at epoch %d: %s", self.state.epoch + 1, e)
+            raise
         finally:
             self.close()
+
+    def _end_figures(self, results: dict) -> None:
+        """Confusion matrix, curves, per-class table and (optionally) the model, at the end."""
+        curves = self.figures_dir / "curves.png"
+        figures.save_figure(figures.training_curves(self.state.history, self.state.best_epoch), curves)
+        self.tracker.log_figure("results/curves", curves)
+        if "confusion_matrix" in results:
+            path = self.figures_dir / "confusion_matrix.png"
+            title = f"Test confusion matrix (best epoch {results['best_epoch']})"
+            figures.save_figure(figures.confusion_matrix(results["confusion_matrix"], self.class_names, title), path)
+            self.tracker.log_figure("results/confusion_matrix_png", path)
+        self.tracker.log_results(results)
+        self.tracker.log_model(self.run.best_weights, {"best_epoch": results["best_epoch"], self.cfg.train.select_metric: results["best_value"]})
 
     def _progress(self, description: str, total: int):
         if not (self.show_progress and self.is_main):

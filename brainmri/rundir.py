@@ -30,6 +30,7 @@ from brainmri.errors import RunDirError
 
 CHECKPOINT_RE = re.compile(r"^epoch_(\d{4,})$")
 RUN_MARKERS = ("config.yaml", "checkpoints", "metrics.jsonl", "results.json")
+LAUNCHER_ENTRIES = frozenset({"slurm"})  # job logs the SLURM launcher writes before training starts
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -141,7 +142,7 @@ def check_output_dir(path: Path, resume: str, overwrite: bool) -> str:
     run = RunDir(path)
     if path.exists() and not path.is_dir():
         raise RunDirError(f"output_dir {path} exists and is not a folder")
-    if not path.exists() or not any(path.iterdir()):
+    if not path.exists() or not [p for p in path.iterdir() if p.name not in LAUNCHER_ENTRIES]:
         return "new"
     if not run.holds_run():
         raise RunDirError(f"output_dir {path} is not empty and holds no brainmri run; choose another output_dir")

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
@@ -23,8 +24,8 @@ from brainmri.errors import BrainMRIError  # noqa: E402
 RECIPES = REPO / "recipes"
 
 
-def run(args: Sequence[str], dry_run: bool = False) -> int:
-    """Build the config, then dry-run or train; shared with launch/submit.py."""
+def run(args: Sequence[str], dry_run: bool = False, stop_event: Optional[threading.Event] = None) -> int:
+    """Build the config, then dry-run or train; shared with the SLURM job (launch/slurm_job.py)."""
     from brainmri import config as config_lib
     from brainmri.console import print_config, print_model_summary, print_results, setup_logging
 
@@ -42,20 +43,24 @@ def run(args: Sequence[str], dry_run: bool = False) -> int:
     setup_logging(is_main)
     if is_main:
         print_config(config_lib.to_yaml(cfg))
-    results = Trainer(cfg, show_progress=sys.stderr.isatty()).fit()
+    from brainmri.tracking import resolve_mode
+
+    wandb_mode = resolve_mode(cfg.tracking.wandb, os.environ)
+    trainer = Trainer(cfg, show_progress=sys.stderr.isatty(), wandb_mode=wandb_mode, stop_event=stop_event)
+    results = trainer.fit()
     if is_main:
         print_results(results)
     return 0
 
 
-def main(argv: Sequence[str]) -> int:
+def main(argv: Sequence[str], stop_event: Optional[threading.Event] = None) -> int:
     dry_run = "--dry-run" in argv
     args = [a for a in argv if a != "--dry-run"]
     unknown_flags = [a for a in args if a.startswith("-")]
     try:
         if unknown_flags:
             raise BrainMRIError(f"unknown option {unknown_flags[0]} (options: --dry-run; everything else is key=value)")
-        return run(args, dry_run)
+        return run(args, dry_run, stop_event)
     except BrainMRIError as e:
         # Every rank fails alike; one line from the first is enough.
         if os.environ.get("RANK", "0") == "0":

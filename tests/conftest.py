@@ -78,4 +78,5 @@ def fast_overrides(root: Path, out: Path, epochs: int = 2) -> list[str]:
         f"train.epochs={epochs}",
         "train.batch_size=8",
         "augment.preset=none",
+        "tracking.wandb=disabled",
     ]

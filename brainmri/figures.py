@@ -1,0 +1,167 @@
+"""Figures a researcher can put on a slide: class balance, augmentations, confusion matrix, curves.
+
+Each function returns a matplotlib Figure; :func:`save_figure` writes it as PNG atomically.
+The same figures go to W&B, so a user without W&B sees exactly what the dashboard shows.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")  # headless: compute nodes have no display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+DISPLAY_NAMES = {"glioma": "Glioma", "meningioma": "Meningioma", "notumor": "No tumour", "pituitary": "Pituitary"}
+SPLIT_COLORS = {"train": "#3b6ea8", "val": "#e0a030", "test": "#5a9e6f"}
+STYLE = {
+    "font.size": 11,
+    "axes.titlesize": 13,
+    "axes.titleweight": "bold",
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "figure.dpi": 110,
+}
+
+
+def _names(class_names: Sequence[str]) -> list[str]:
+    return [DISPLAY_NAMES.get(c, c) for c in class_names]
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, bbox_inches="tight", facecolor="white")
+    os.replace(tmp, path)
+    plt.close(fig)
+
+
+def class_distribution(counts: dict[str, Optional[Sequence[int]]], class_names: Sequence[str]) -> Figure:
+    """Grouped bars: images per class in each split, counts written on the bars."""
+    with plt.rc_context(STYLE):
+        splits = [s for s, c in counts.items() if c is not None]
+        fig, ax = plt.subplots(figsize=(8, 4.2))
+        x = np.arange(len(class_names))
+        width = 0.8 / len(splits)
+        for i, split in enumerate(splits):
+            values = counts[split]
+            bars = ax.bar(x + (i - (len(splits) - 1) / 2) * width, values, width, label=f"{split} ({sum(values)})",
+                          color=SPLIT_COLORS.get(split))
+            ax.bar_label(bars, fontsize=9, padding=2)
+        ax.set_xticks(x, _names(class_names))
+        ax.set_ylabel("images")
+        ax.set_title("Class distribution per split")
+        ax.legend(frameon=False)
+        ax.margins(y=0.12)
+        fig.tight_layout()
+        return fig
+
+
+def _to_display(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """A normalized CHW tensor back to an HxW(x3) array in [0, 1]."""
+    m = torch.tensor(mean, dtype=image.dtype).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=image.dtype).view(-1, 1, 1)
+    x = (image * s + m).clamp(0, 1)
+    return x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
+
+
+def augmentation_grid(
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor, int]],
+    class_names: Sequence[str],
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> Figure:
+    """One row per class; each image appears as "original" next to "augmented".
+
+    ``pairs`` holds (original in [0, 1], augmented and normalized, label) for the same file.
+    """
+    by_class: dict[int, list] = {}
+    for original, augmented, label in pairs:
+        by_class.setdefault(label, []).append((original, augmented))
+    rows = sorted(by_class)
+    cols = max(len(v) for v in by_class.values()) * 2
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(len(rows), cols, figsize=(1.9 * cols, 2.1 * len(rows)), squeeze=False)
+        for r, label in enumerate(rows):
+            for c in range(cols):
+                ax = axes[r][c]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
+                k, is_aug = divmod(c, 2)
+                if k >= len(by_class[label]):
+                    continue
+                original, augmented = by_class[label][k]
+                image = _to_display(augmented, mean, std) if is_aug else _to_display(original, [0.0] * len(mean), [1.0] * len(std))
+                ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
+                if r == 0:
+                    ax.set_title("augmented" if is_aug else "original", fontsize=10, fontweight="normal")
+                if c == 0:
+                    ax.set_ylabel(_names(class_names)[label], fontsize=11, fontweight="bold")
+        fig.suptitle("Training augmentation: the same images before and after the transforms", fontweight="bold")
+        fig.tight_layout()
+        return fig
+
+
+def confusion_matrix(cm: Sequence[Sequence[int]], class_names: Sequence[str], title: str = "Confusion matrix") -> Figure:
+    """Counts with the row share (recall per true class) in each cell; colour by row share."""
+    counts = np.asarray(cm, dtype=np.int64)
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    names = _names(class_names)
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(6.4, 5.4))
+        im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for i in range(len(names)):
+            for j in range(len(names)):
+                color = "white" if share[i, j] > 0.55 else "#222222"
+                ax.text(j, i, f"{counts[i, j]}\n{share[i, j]:.0%}", ha="center", va="center", color=color, fontsize=10)
+        ax.set_xticks(range(len(names)), names, rotation=20)
+        ax.set_yticks(range(len(names)), names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        accuracy = np.trace(counts) / max(counts.sum(), 1)
+        ax.set_title(f"{title}  (accuracy {accuracy:.1%}, n={counts.sum()})")
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
+        fig.tight_layout()
+        return fig
+
+
+def training_curves(history: Sequence[dict], best_epoch: Optional[int] = None) -> Figure:
+    """Loss, accuracy and validation macro-F1 per epoch, best epoch marked."""
+    epochs = [r["epoch"] for r in history]
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+        panels = [
+            ("Loss", [("train/loss", "train"), ("val/loss", "validation")]),
+            ("Accuracy", [("train/acc", "train"), ("val/acc", "validation")]),
+            ("Macro-F1", [("train/macro_f1", "train"), ("val/macro_f1", "validation")]),
+        ]
+        for ax, (title, series) in zip(axes, panels):
+            for key, label in series:
+                values = [r.get(key) for r in history]
+                if any(v is None for v in values):
+                    continue
+                color = SPLIT_COLORS["train" if label == "train" else "val"]
+                ax.plot(epochs, values, marker="o", markersize=3, label=label, color=color)
+            if best_epoch is not None:
+                ax.axvline(best_epoch, color="#888888", linestyle="--", linewidth=1, label=f"best (epoch {best_epoch})")
+            ax.set_title(title)
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            if title != "Loss":
+                ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.25)
+        axes[0].legend(frameon=False)
+        fig.tight_layout()
+        return fig

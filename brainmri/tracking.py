@@ -1,0 +1,202 @@
+"""Weights & Biases through Accelerate's tracker API, offline-first and never fatal.
+
+One W&B run per training run, started by the main process only, with the config passed
+to ``wandb.init`` itself (not a later ``config.update``, which Accelerate issues have seen
+lost offline). The run id is kept in ``output_dir/wandb_id.txt`` so a resumed or requeued
+run continues the same W&B run. If W&B cannot start online, the run goes on offline after
+one warning; if any later W&B call fails, tracking stops with one warning and training
+goes on: ``metrics.jsonl`` stays the record of truth.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import secrets
+import string
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+from urllib.parse import urlparse
+
+from brainmri.config import TrackingConfig
+from brainmri.rundir import RunDir, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def wandb_credentials_present(environ: Mapping[str, str], home: Optional[Path] = None) -> bool:
+    """Whether W&B could authenticate: an API key in the environment or a netrc entry."""
+    if environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    path = Path(environ.get("NETRC") or (home or Path.home()) / ".netrc")
+    try:
+        return path.is_file() and netrc.netrc(str(path)).authenticators(host) is not None
+    except (netrc.NetrcParseError, OSError):
+        return False
+
+
+def resolve_mode(requested: str, environ: Mapping[str, str], home: Optional[Path] = None) -> str:
+    """``auto`` becomes online with credentials, offline without; others stay as asked."""
+    if requested != "auto":
+        return requested
+    return "online" if wandb_credentials_present(environ, home) else "offline"
+
+
+class Tracker:
+    """What a run reports to W&B. All methods are no-ops off the main process or when disabled."""
+
+    def __init__(self, accelerator, cfg: TrackingConfig, run: RunDir, mode: str):
+        if mode == "auto":
+            raise ValueError("resolve tracking.wandb=auto with resolve_mode() before building a Tracker")
+        self.accelerator = accelerator
+        self.cfg = cfg
+        self.run_dir = run
+        self.mode = mode  # the mode actually in use; becomes offline after a failed online start
+        self.enabled = mode != "disabled" and accelerator.is_main_process
+        self.wandb_run = None
+
+    @property
+    def id_file(self) -> Path:
+        return self.run_dir.path / "wandb_id.txt"
+
+    def start(self, config: dict) -> None:
+        if not self.enabled:
+            return
+        import wandb
+
+        if self.id_file.exists():
+            run_id = self.id_file.read_text().strip()
+        else:
+            alphabet = string.ascii_lowercase + string.digits  # W&B's own id format
+            run_id = "".join(secrets.choice(alphabet) for _ in range(8))
+            atomic_write_text(self.id_file, run_id + "\n")
+        init = {
+            "id": run_id,
+            "resume": "allow",
+            "dir": str(self.run_dir.path),
+            "name": self.cfg.name or self.run_dir.path.name,
+            "entity": self.cfg.entity,
+            "group": self.cfg.group,
+            "tags": list(self.cfg.tags) or None,
+            "config": config,
+            "settings": wandb.Settings(init_timeout=self.cfg.init_timeout, console="off"),
+        }
+        try:
+            self._init(init, self.mode)
+        except Exception as e:  # no network, bad key, service down: carry on offline
+            if self.mode != "online":
+                log.warning("W&B could not start (%s); tracking disabled, metrics.jsonl still has everything", _short(e))
+                self.enabled = False
+                return
+            log.warning("W&B could not start online (%s); continuing offline", _short(e))
+            self.mode = "offline"
+            try:
+                self._init(init, "offline")
+            except Exception as e2:
+                log.warning("W&B could not start offline either (%s); tracking disabled", _short(e2))
+                self.enabled = False
+                return
+        self.wandb_run = self.accelerator.get_tracker("wandb", unwrap=True)
+        self.wandb_run.define_metric("step")
+        self.wandb_run.define_metric("epoch")
+        self.wandb_run.define_metric("step/*", step_metric="step")
+        for prefix in ("train/*", "val/*", "lr", "throughput", "epoch_time", "train_time", "gpu_mem_peak_gb"):
+            self.wandb_run.define_metric(prefix, step_metric="epoch")
+
+    def _init(self, init: dict, mode: str) -> None:
+        # A failed start leaves its tracker in the list; drop it before trying again.
+        self.accelerator.trackers = [t for t in self.accelerator.trackers if t.name != "wandb"]
+        if "wandb" not in [str(t) for t in self.accelerator.log_with]:
+            from accelerate.utils import LoggerType
+
+            self.accelerator.log_with.append(LoggerType.WANDB)
+        self.accelerator.init_trackers(self.cfg.project, init_kwargs={"wandb": {**init, "mode": mode}})
+
+    def _call(self, what: str, fn, *args, **kwargs) -> None:
+        if not (self.enabled and self.wandb_run is not None):
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as e:
+            log.warning("W&B failed while logging %s (%s); tracking stops, training goes on", what, _short(e))
+            self.enabled = False
+
+    def log(self, values: dict) -> None:
+        """Scalars; the x-axis comes from the ``step`` or ``epoch`` value inside."""
+        self._call("metrics", self.accelerator.log, values)
+
+    def log_figure(self, key: str, path: Path) -> None:
+        import wandb
+
+        self._call(key, self.accelerator.log, {key: wandb.Image(str(path))})
+
+    def log_class_distribution(self, counts: dict, class_names: Sequence[str]) -> None:
+        """One native W&B bar chart per split (train, val, test)."""
+        if not (self.enabled and self.wandb_run is not None):
+            return
+        import wandb
+
+        charts = {}
+        for split, values in counts.items():
+            if values is None:
+                continue
+            table = wandb.Table(data=[[c, int(n)] for c, n in zip(class_names, values)], columns=["class", "images"])
+            charts[f"data/classes_{split}"] = wandb.plot.bar(table, "class", "images", title=f"{split}: images per class")
+        self._call("class distribution", self.accelerator.log, charts)
+
+    def log_results(self, results: dict) -> None:
+        """Confusion-matrix plot, per-class table and test metrics in the run summary."""
+        if not (self.enabled and self.wandb_run is not None) or "confusion_matrix" not in results:
+            return
+        import wandb
+
+        names = results["class_names"]
+        y_true, y_pred = [], []
+        for i, row in enumerate(results["confusion_matrix"]):
+            for j, count in enumerate(row):
+                y_true += [i] * count
+                y_pred += [j] * count
+        table = wandb.Table(columns=["class", "precision", "recall", "f1", "support"])
+        for name, m in results["per_class"].items():
+            table.add_data(name, m["precision"], m["recall"], m["f1"], m["support"])
+        plot = wandb.plot.confusion_matrix(y_true=y_true, preds=y_pred, class_names=names, title="test confusion matrix")
+        self._call("results", self.accelerator.log, {"test/confusion_matrix": plot, "test/per_class": table})
+        summary = {k: v for k, v in results.items() if isinstance(v, (int, float)) and v is not None}
+        self._call("summary", self.wandb_run.summary.update, summary)
+
+    def log_model(self, path: Path, metadata: dict) -> None:
+        if not self.cfg.log_model:
+            return
+        import wandb
+
+        def upload() -> None:
+            artifact = wandb.Artifact(f"model-{self.wandb_run.id}", type="model", metadata=metadata)
+            artifact.add_file(str(path))
+            self.wandb_run.log_artifact(artifact)
+
+        self._call("model artifact", upload)
+
+    def finish(self) -> Optional[str]:
+        """End the W&B run; for offline runs, the command that uploads them later."""
+        if self.wandb_run is None:
+            return None
+        try:
+            self.accelerator.end_training()
+        except Exception as e:
+            log.warning("W&B did not finish cleanly (%s)", _short(e))
+        self.wandb_run = None
+        if self.mode == "offline":
+            return f"wandb sync {self.run_dir.path / 'wandb'}/offline-run-*"
+        return None
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+def offline_runs(run: RunDir) -> Sequence[Path]:
+    """The offline W&B run folders inside a run directory (several after resumes)."""
+    root = run.path / "wandb"
+    return sorted(root.glob("offline-run-*")) if root.is_dir() else []

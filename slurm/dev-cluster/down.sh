@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Stop the single-node dev cluster started by up.sh: cancel jobs, stop the daemons.
+set -uo pipefail
+if command -v scancel >/dev/null && pgrep -x slurmctld >/dev/null; then
+  scancel --user=root >/dev/null 2>&1 || true
+  sleep 1
+fi
+for daemon in slurmd slurmctld munged; do
+  pkill -x "$daemon" 2>/dev/null && echo "[dev-cluster] stopped $daemon"
+done
+exit 0

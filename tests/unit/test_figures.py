@@ -1,0 +1,19 @@
+import torch
+
+from brainmri import figures
+
+
+def test_figures_render_to_png(tmp_path):
+    names = ["glioma", "meningioma", "notumor", "pituitary"]
+    fig = figures.class_distribution({"train": [10, 9, 5, 8], "val": [1, 1, 1, 1], "test": None}, names)
+    figures.save_figure(fig, tmp_path / "a.png")
+    pairs = [(torch.rand(1, 16, 16), torch.rand(1, 16, 16) * 2 - 1, label) for label in range(4) for _ in range(2)]
+    figures.save_figure(figures.augmentation_grid(pairs, names, [0.5], [0.5]), tmp_path / "b.png")
+    figures.save_figure(figures.confusion_matrix([[3, 1, 0, 0], [0, 2, 0, 0], [0, 0, 0, 0], [1, 0, 0, 4]], names), tmp_path / "c.png")
+    history = [{"epoch": e, "train/loss": 1 / e, "val/loss": 1.2 / e, "train/acc": 0.5, "val/acc": 0.4,
+                "train/macro_f1": 0.5, "val/macro_f1": 0.3} for e in (1, 2, 3)]
+    figures.save_figure(figures.training_curves(history, best_epoch=2), tmp_path / "d.png")
+    for name in "abcd":
+        data = (tmp_path / f"{name}.png").read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png", "c.png", "d.png"]
