@@ -89,9 +89,15 @@ class ModelConfig:
     dropout: Optional[float] = None  # None: the model's default (study CNNs) or 0 (timm)
     batch_norm: bool = False  # study CNNs only: BatchNorm after each conv
     global_pool: bool = False  # study CNNs only: global average pooling instead of flatten
+    widths: Optional[List[int]] = None  # study CNNs only: channels per block (number of blocks = length)
+    fc: Optional[int] = None  # study CNNs only: hidden width of the classifier
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "model.name", "a model name", self.name)
+        if self.widths is not None:
+            _check(len(self.widths) >= 1 and all(w >= 1 for w in self.widths), "model.widths", "a list of positive channel counts", self.widths)
+        if self.fc is not None:
+            _check(self.fc >= 1, "model.fc", "an integer >= 1", self.fc)
         if self.in_chans is not None:
             _choice("model.in_chans", self.in_chans, (1, 3))
         if self.dropout is not None:
@@ -285,7 +291,14 @@ def check_keys(keys: Sequence[str], valid: Sequence[str], source: str) -> None:
     for key in keys:
         if key not in valid_set and not key.startswith(tuple(f + "." for f in FREE_FORM)):
             hint = nearest_key(key, valid)
-            suggestion = f"; did you mean '{hint}'?" if hint else ""
+            section = key.rpartition(".")[0]
+            if hint and not key.startswith(hint + "."):
+                suggestion = f"; did you mean '{hint}'?"
+            elif section and section in valid_set:
+                leaves = [v.rpartition(".")[2] for v in valid if v.rpartition(".")[0] == section]
+                suggestion = f"; {section} has: {', '.join(leaves)}"
+            else:
+                suggestion = ""
             raise ConfigError(f"unknown key '{key}' in {source}{suggestion}")
 
 

@@ -6,6 +6,7 @@ Only entry scripts call these; the library itself logs through ``logging``.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from rich.console import Console
@@ -13,7 +14,8 @@ from rich.logging import RichHandler
 from rich.syntax import Syntax
 from rich.table import Table
 
-console = Console(stderr=False)
+# Off a terminal (job logs, CI) rich would assume 80 columns and fold every table.
+console = Console(width=None if sys.stdout.isatty() else 140)
 
 
 def setup_logging(is_main: bool, level: int = logging.INFO) -> None:

@@ -492,11 +492,11 @@ class Trainer:
                 losses_all.append(per_sample.detach())
                 seen += len(targets) * acc.num_processes
                 if progress:
-                    progress.update(task, advance=1, loss=float(loss), ips=seen / (time.perf_counter() - start))
+                    progress.update(task, advance=1, loss=loss.item(), ips=seen / (time.perf_counter() - start))
                 if acc.sync_gradients and self.state.step % cfg.tracking.log_every == 0 and self.tracker.enabled:
                     self.tracker.log({
                         "step": self.state.step,
-                        "step/train_loss": float(loss),
+                        "step/train_loss": loss.item(),
                         "step/lr": self.optimizer.param_groups[0]["lr"],
                         "step/throughput": seen / (time.perf_counter() - start),
                     })

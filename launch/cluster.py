@@ -10,14 +10,16 @@ The requeued job runs with ``resume=auto`` and continues from the newest complet
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import submitit
 
@@ -68,7 +70,9 @@ class TrainJob(submitit.helpers.Checkpointable):
                 # submitit's handler calls self.checkpoint(), requeues and exits.
                 submitit_handler(signal.SIGUSR2, None)
             if dist.rank != 0 and signal.SIGUSR2 in received:
-                time.sleep(120)  # rank 0 is requeueing the job, which ends this task
+                # Rank 0 is requeueing the job; SLURM's SIGTERM then ends this task at once.
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                time.sleep(60)
             raise
         if code != 0:
             raise RuntimeError(f"launch/train.py exited with code {code}; see the job's stderr log")
@@ -137,11 +141,52 @@ def job_name(cfg: Config, suffix: str = "") -> str:
     return cfg.slurm.job_name or f"brainmri-{cfg.recipe or 'run'}{suffix}"
 
 
-def submit_error(error: BaseException) -> str:
-    """sbatch's own words when it refuses a job (bad partition, account, ...)."""
+@contextlib.contextmanager
+def sbatch_stderr():
+    """Capture what sbatch writes to stderr during submission (submitit lets it through).
+
+    Yields a list that holds the captured lines afterwards; on success they are written
+    back to stderr unchanged, on failure :func:`submit_error` folds them into one line.
+    """
+    captured: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            captured.extend(tmp.read().decode(errors="replace").splitlines())
+
+
+def submit_error(error: BaseException, stderr_lines: Sequence[str]) -> str:
+    """sbatch's own words when it refuses a job (bad partition, account, ...), on one line."""
     text = getattr(error, "output", None) or getattr(error, "stderr", None) or str(error)
     if isinstance(text, bytes):
         text = text.decode(errors="replace")
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    sbatch = [line for line in lines if "sbatch:" in line]
-    return (sbatch or lines or [type(error).__name__])[-1]
+    lines = [line.strip() for line in [*stderr_lines, *str(text).splitlines()] if line.strip()]
+    sbatch = [line.split("error:", 1)[-1].strip() for line in lines if line.startswith("sbatch:")]
+    unique = list(dict.fromkeys(sbatch))
+    return "; ".join(unique) if unique else (lines[-1] if lines else type(error).__name__)
+
+
+FLAGS = ("--dry-run", "--wait")
+
+
+def cli(argv: Sequence[str], command: Callable[[list[str], bool, bool], int]) -> int:
+    """Shared CLI shell of submit.py and sweep.py: ``--dry-run``/``--wait``, one-line errors, exit 2."""
+    from brainmri.errors import BrainMRIError
+
+    args = [a for a in argv if a not in FLAGS]
+    try:
+        unknown = [a for a in args if a.startswith("-")]
+        if unknown:
+            raise BrainMRIError(f"unknown option {unknown[0]} (options: {', '.join(FLAGS)}; everything else is key=value)")
+        return command(args, "--dry-run" in argv, "--wait" in argv)
+    except BrainMRIError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

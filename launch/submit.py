@@ -25,14 +25,13 @@ import submitit  # noqa: E402
 # submitit warns on every poll when the cluster has no accounting (sacct); its state still works.
 logging.getLogger("submitit").setLevel(logging.ERROR)
 
-from launch.cluster import REPO, TrainJob, job_name, make_executor, sbatch_preview, submit_error, train_args  # noqa: E402
+from launch.cluster import REPO, TrainJob, cli, job_name, make_executor, sbatch_preview, sbatch_stderr, submit_error, train_args  # noqa: E402
 from brainmri import config as config_lib  # noqa: E402
 from brainmri.console import console, print_config  # noqa: E402
 from brainmri.engine import default_output_dir  # noqa: E402
 from brainmri.errors import BrainMRIError  # noqa: E402
 from brainmri.rundir import check_output_dir  # noqa: E402
 
-FLAGS = ("--dry-run", "--wait")
 
 
 def submit(args: Sequence[str], dry_run: bool, wait: bool) -> int:
@@ -48,9 +47,12 @@ def submit(args: Sequence[str], dry_run: bool, wait: bool) -> int:
         console.print(sbatch_preview(executor), markup=False, highlight=False, soft_wrap=True)
         return 0
     try:
-        job = executor.submit(TrainJob(job_args, cfg.slurm.max_requeues))
+        with sbatch_stderr() as sbatch_lines:
+            job = executor.submit(TrainJob(job_args, cfg.slurm.max_requeues))
     except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError) as e:
-        raise BrainMRIError(f"sbatch refused the job: {submit_error(e)}") from None
+        raise BrainMRIError(f"sbatch refused the job: {submit_error(e, sbatch_lines)}") from None
+    for line in sbatch_lines:  # warnings of a job that was accepted
+        print(line, file=sys.stderr)
     console.print(f"submitted job [bold]{job.job_id}[/bold] ({cfg.slurm.cluster})")
     console.print(f"  output_dir: {output_dir}")
     console.print(f"  stdout:     {job.paths.stdout}")
@@ -79,16 +81,7 @@ def job_error(stderr: Path) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-    flags = {a for a in argv if a in FLAGS}
-    args = [a for a in argv if a not in FLAGS]
-    try:
-        unknown = [a for a in args if a.startswith("-")]
-        if unknown:
-            raise BrainMRIError(f"unknown option {unknown[0]} (options: {', '.join(FLAGS)}; everything else is key=value)")
-        return submit(args, "--dry-run" in flags, "--wait" in flags)
-    except BrainMRIError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return cli(argv, submit)
 
 
 if __name__ == "__main__":

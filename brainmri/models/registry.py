@@ -49,8 +49,8 @@ def _study_factory(name: str) -> ModelFactory:
         if cfg.pretrained or cfg.pretrained_file:
             raise ConfigError(f"model.name={name} has no pretrained weights; unset model.pretrained(_file)")
         return StudyCNN(
-            spec.widths,
-            spec.fc,
+            list(cfg.widths) if cfg.widths else spec.widths,
+            cfg.fc or spec.fc,
             num_classes=num_classes,
             in_chans=in_chans,
             dropout=spec.dropout if cfg.dropout is None else cfg.dropout,
@@ -73,8 +73,8 @@ def create_timm_model(num_classes: int, in_chans: int, cfg: ModelConfig) -> nn.M
     ``pretrained_cfg_overlay`` and still adapts the first conv for ``in_chans=1`` and
     re-initialises the classifier for the 4 classes.
     """
-    if cfg.batch_norm or cfg.global_pool:
-        raise ConfigError("model.batch_norm and model.global_pool apply to the study CNNs only")
+    if cfg.batch_norm or cfg.global_pool or cfg.widths or cfg.fc:
+        raise ConfigError("model.batch_norm, global_pool, widths and fc apply to the study CNNs only")
     kwargs: dict = {"num_classes": num_classes, "in_chans": in_chans}
     if cfg.dropout is not None:
         kwargs["drop_rate"] = cfg.dropout

@@ -104,3 +104,13 @@ def test_nearest_key_none_for_nonsense():
 def test_config_validates_on_creation():
     with pytest.raises(ConfigError):
         Config(resume="sometimes")
+
+
+def test_unknown_key_without_near_match_lists_the_section():
+    with pytest.raises(ConfigError, match=r"unknown key 'slurm.x' in the command line; slurm has: cluster, partition, nodes"):
+        load_config(["slurm.x=1"], RECIPES)
+
+
+def test_free_form_sbatch_options_are_accepted():
+    cfg = load_config(["slurm.additional.reservation=mri", "slurm.additional.exclusive=true"], RECIPES)
+    assert dict(cfg.slurm.additional) == {"reservation": "mri", "exclusive": True}

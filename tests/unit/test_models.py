@@ -91,3 +91,10 @@ def test_cam_layer_is_last_conv():
     assert cam_target_layer(cnn) is cnn.features[-3]
     resnet = build_model(ModelConfig(name="resnet18"), 3, 64)
     assert cam_target_layer(resnet) is resnet.layer4[1].conv2
+
+
+def test_study_cnn_widths_and_fc_override():
+    model = build_model(ModelConfig(name="cnn1", widths=[4, 8, 16, 32, 32], fc=64), 3, 256)
+    assert count_parameters(model) == PUBLISHED["cnn2"]  # cnn1's head with cnn2's blocks is cnn2
+    with pytest.raises(ConfigError, match="study CNNs only"):
+        build_model(ModelConfig(name="resnet18", widths=[4]), 3, 64)
