@@ -37,8 +37,11 @@ class DataConfig:
     val_fraction: float = 0.1
     on_bad_image: str = "error"  # error: stop with the list; skip: train without them
     num_workers: int = -1  # -1: from the CPUs this process may use
+    pipeline: str = "pil"  # pil: decode + transform every image every epoch; cached: decode once, augment batches
+    cache_dir: Optional[str] = None  # cached pipeline; None: node-local scratch (set by the launcher)
 
     def __post_init__(self) -> None:
+        _choice("data.pipeline", self.pipeline, ("pil", "cached"))
         _check(self.image_size >= 16, "data.image_size", "an integer >= 16", self.image_size)
         _choice("data.channels", self.channels, (1, 3))
         _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "a fraction in (0, 1)", self.val_fraction)
@@ -117,6 +120,8 @@ class TrainConfig:
     class_weights: bool = False  # weight the loss by inverse class frequency of the train split
     select_metric: str = "val/macro_f1"  # val/macro_f1 | val/acc | val/loss
     keep_checkpoints: int = 2  # newest complete checkpoints kept (the best one is always kept)
+    channels_last: bool = True  # NHWC memory format: faster convolutions on CPUs and tensor cores
+    compile: bool = False  # torch.compile the model (first steps are slow while it compiles)
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "an integer >= 1", self.epochs)

@@ -48,6 +48,8 @@ from brainmri.data.datasets import (
     scan_dataset,
     write_split,
 )
+from brainmri.data.batch_augment import BatchAugment
+from brainmri.data.cache import CachedDataset, open_or_build
 from brainmri.data.transforms import (
     build_eval_transform,
     build_train_transform,
@@ -143,8 +145,12 @@ def auto_workers(num_local_processes: int) -> int:
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """timm's factory: no weight decay on biases and norm parameters."""
-    kwargs: dict[str, Any] = {"momentum": cfg.momentum} if cfg.name == "sgd" else {}
-    return create_optimizer_v2(model, opt=cfg.name, lr=cfg.lr, weight_decay=cfg.weight_decay, **kwargs)
+    kwargs: dict[str, Any] = {"momentum": cfg.momentum} if cfg.name == "sgd" else {"fused": True}
+    try:  # fused Adam(W) kernels exist for CPU and CUDA in recent torch; else torch's foreach default
+        return create_optimizer_v2(model, opt=cfg.name, lr=cfg.lr, weight_decay=cfg.weight_decay, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        kwargs.pop("fused", None)
+        return create_optimizer_v2(model, opt=cfg.name, lr=cfg.lr, weight_decay=cfg.weight_decay, **kwargs)
 
 
 def build_scheduler(
@@ -283,7 +289,11 @@ class Trainer:
         self._build_loaders()
 
         self.model = build_model(cfg.model, cfg.in_chans, cfg.data.image_size, len(self.class_names))
+        if cfg.train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, cfg.optim)
+        if cfg.train.compile:
+            self.model = torch.compile(self.model)
         weight = None
         if cfg.train.class_weights:
             counts = torch.tensor(self.dataset_info["counts"]["train"], dtype=torch.float32)
@@ -295,6 +305,9 @@ class Trainer:
         )
         if self.test_loader is not None:
             self.test_loader = self.accelerator.prepare(self.test_loader)
+        for name in ("train_batch_transform", "eval_batch_transform"):
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name).to(self.accelerator.device))
         self.criterion.to(self.accelerator.device)
         # The learning rate is a pure function of (config, step): the scheduler is stepped by
         # hand once per optimizer step (Accelerate's wrapper would step it once per process)
@@ -321,7 +334,8 @@ class Trainer:
         k = self.cfg.tracking.samples_per_class
         chosen = [s for label in range(len(self.class_names)) for s in [x for x in self.splits.train if x.label == label][:k]]
         plain = unnormalized_transform(self.cfg.data.image_size)
-        augment = self.train_loader.dataset.dataset.transform
+        mean, std = self.dataset_info["mean"], self.dataset_info["std"]
+        augment = build_train_transform(resolve_augment(self.cfg.augment), self.cfg.data.image_size, mean, std)
         pairs = []
         with torch.random.fork_rng():  # the grid must not shift the training RNG streams
             torch.manual_seed(self.cfg.seed)
@@ -329,7 +343,6 @@ class Trainer:
                 image = load_image(self.splits.root / sample.path, self.cfg.data.channels)
                 pairs.append((plain(image), augment(image), sample.label))
         path = self.figures_dir / "augmentations.png"
-        mean, std = self.dataset_info["mean"], self.dataset_info["std"]
         figures.save_figure(figures.augmentation_grid(pairs, self.class_names, mean, std), path)
         self.tracker.log_figure("data/augmentations", path)
 
@@ -368,8 +381,23 @@ class Trainer:
         local = torch.cuda.device_count() if torch.cuda.is_available() else self.accelerator.num_processes
         workers = cfg.data.num_workers if cfg.data.num_workers >= 0 else auto_workers(local)
 
+        self.train_batch_transform: Optional[nn.Module] = None
+        self.eval_batch_transform: Optional[nn.Module] = None
+        cache = None
+        if cfg.data.pipeline == "cached":
+            cache_dir = Path(cfg.data.cache_dir or Path.home() / ".cache" / "brainmri").expanduser()
+            everything = splits.train + splits.val + (splits.test or [])
+            cache = open_or_build(splits.root, everything, cfg.data.image_size, cfg.data.channels, cache_dir, auto_workers(1))
+            self.cache_build_seconds = cache.build_seconds
+            self.train_batch_transform = BatchAugment(params, cfg.data.image_size, mean, std, train=True)
+            self.eval_batch_transform = BatchAugment(params, cfg.data.image_size, mean, std, train=False)
+            workers = min(workers, 2)  # workers only copy from the memmap
+
         def loader(samples, transform, shuffle: bool) -> DataLoader:
-            dataset = IndexedDataset(ImageDataset(splits.root, samples, cfg.data.channels, transform))
+            if cache is not None:
+                dataset = IndexedDataset(CachedDataset(cache, samples))
+            else:
+                dataset = IndexedDataset(ImageDataset(splits.root, samples, cfg.data.channels, transform))
             return DataLoader(
                 dataset,
                 batch_size=cfg.train.batch_size,
@@ -462,6 +490,14 @@ class Trainer:
         rows = rows[keep]
         return rows[:, 3:], rows[:, 1].long(), rows[:, 2]
 
+    def _prepare_batch(self, images: torch.Tensor, transform: Optional[nn.Module]) -> torch.Tensor:
+        """Batch augmentation (cached pipeline) and the memory format the model expects."""
+        if transform is not None:
+            images = transform(images)
+        if self.cfg.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
     def train_epoch(self, epoch: int) -> dict:
         acc, cfg = self.accelerator, self.cfg
         self.model.train()
@@ -473,6 +509,7 @@ class Trainer:
             task = progress.add_task("train", total=len(self.train_loader), loss=float("nan"), ips=0.0) if progress else None
             for images, targets, index in self.train_loader:
                 self.check_stop()
+                images = self._prepare_batch(images, self.train_batch_transform)
                 with acc.accumulate(self.model):
                     logits = self.model(images).float()
                     per_sample = self.criterion(logits, targets)
@@ -518,6 +555,7 @@ class Trainer:
         indices, logits_all, targets_all, losses_all = [], [], [], []
         plain_ce = nn.CrossEntropyLoss(reduction="none")
         for images, targets, index in loader:
+            images = self._prepare_batch(images, self.eval_batch_transform)
             logits = self.model(images).float()
             indices.append(index)
             logits_all.append(logits)

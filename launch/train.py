@@ -24,6 +24,14 @@ from brainmri.errors import BrainMRIError  # noqa: E402
 RECIPES = REPO / "recipes"
 
 
+def default_cache_dir(environ) -> Path:
+    """Node-local scratch for the image cache: the job's tmp dir, TMPDIR, else ~/.cache."""
+    for var in ("SLURM_TMPDIR", "TMPDIR"):
+        if environ.get(var):
+            return Path(environ[var]) / "brainmri-cache"
+    return Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "brainmri"
+
+
 def run(args: Sequence[str], dry_run: bool = False, stop_event: Optional[threading.Event] = None) -> int:
     """Build the config, then dry-run or train; shared with the SLURM job (launch/slurm_job.py)."""
     from brainmri import config as config_lib
@@ -44,6 +52,9 @@ def run(args: Sequence[str], dry_run: bool = False, stop_event: Optional[threadi
     if is_main:
         print_config(config_lib.to_yaml(cfg))
     from brainmri.tracking import resolve_mode
+
+    if cfg.data.cache_dir is None:
+        cfg.data.cache_dir = str(default_cache_dir(os.environ))
 
     wandb_mode = resolve_mode(cfg.tracking.wandb, os.environ)
     trainer = Trainer(cfg, show_progress=sys.stderr.isatty(), wandb_mode=wandb_mode, stop_event=stop_event)

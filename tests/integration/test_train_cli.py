@@ -233,3 +233,27 @@ def test_masoud_layout_grayscale_cnn_study(tmp_path):
     info = json.loads((out / "dataset.json").read_text())
     assert len(info["mean"]) == 1 and 0 < info["mean"][0] < 1 and info["std"][0] > 0
     assert json.loads((out / "results.json").read_text())["test/size"] == 8
+
+
+def test_cached_pipeline_trains(tmp_path):
+    root = make_dataset(tmp_path / "data", train_per_class=5, test_per_class=2, size=48)
+    out = tmp_path / "run"
+    args = [a for a in fast_overrides(root, out, epochs=2) if not a.startswith("augment.")]
+    proc = run_script(python(TRAIN, *args, "data.pipeline=cached", f"data.cache_dir={tmp_path / 'cache'}",
+                             "augment.preset=cnn_study", "train.channels_last=true"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((out / "results.json").read_text())["test/size"] == 8
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
+
+
+def test_bench_writes_json_with_positive_numbers(tmp_path):
+    proc = run_script(python(str(REPO / "launch" / "bench.py"), "recipe=demo", "--json", "--steps=2", "--warmup=1",
+                             "data.image_size=64", "train.batch_size=8", f"data.cache_dir={tmp_path}"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for pipeline in ("cached", "pil"):
+        for key in ("pipeline_img_s", "model_img_s", "train_img_s", "ratio"):
+            assert result[pipeline][key] > 0, (pipeline, key)
+    assert result["cache_build_s"] > 0 and result["peak_rss_mb"] > 0 and result["precision"] == "no"
+    assert result["device"].startswith("cpu")
+    assert list(tmp_path.iterdir()) == []  # the benchmark's scratch cache is removed

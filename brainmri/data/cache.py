@@ -1,0 +1,120 @@
+"""Decoded-image cache: every image decoded and resized once, then read as uint8 from a memmap.
+
+These datasets are small (3-7k images) but their JPEGs are large; decoding and resizing
+each one every epoch is what starves the model. The cache holds one ``.npy`` array
+(N, C, S, S) of uint8 in ``data.cache_dir`` (node-local scratch by default) plus a JSON
+index of the files in it. Its name is keyed by the dataset's content (paths, sizes,
+mtimes), the resolution and the channel count, so a changed file gives a new cache.
+
+Building is parallel (threads: PIL releases the GIL) and guarded by an ``flock``: the first
+process on a node builds while the others wait, then everyone maps the same file. The
+array is written under a temporary name and renamed last, so no reader sees a torn cache.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from brainmri.data.datasets import Sample, load_image
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1
+
+
+def decode_resized(path: Path, size: int, channels: int) -> torch.Tensor:
+    """uint8 (C, size, size): exactly the first steps of the per-image PIL pipeline."""
+    image = load_image(path, channels)
+    return v2.Resize((size, size), antialias=True)(v2.PILToTensor()(image))
+
+
+def cache_key(root: Path, paths: Sequence[str], size: int, channels: int) -> str:
+    digest = hashlib.sha256(f"brainmri-cache-v{CACHE_VERSION}|{size}|{channels}\n".encode())
+    for rel in paths:
+        st = (root / rel).stat()
+        digest.update(f"{rel}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+@dataclass
+class ImageCache:
+    """An opened cache: the memmapped array and the row of each relative path."""
+
+    path: Path
+    array: np.ndarray
+    rows: dict[str, int]
+    build_seconds: float = 0.0  # 0 when an existing cache was opened
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def _open(array_path: Path, index_path: Path) -> ImageCache:
+    paths = json.loads(index_path.read_text())["paths"]
+    array = np.load(array_path, mmap_mode="r")
+    if array.shape[0] != len(paths):
+        raise OSError(f"cache {array_path} has {array.shape[0]} rows for {len(paths)} files")
+    return ImageCache(array_path, array, {p: i for i, p in enumerate(paths)})
+
+
+def open_or_build(root: Path, samples: Sequence[Sample], size: int, channels: int, cache_dir: Path, workers: int) -> ImageCache:
+    """The cache for these images at this size, building it first if no process has yet."""
+    paths = sorted({s.path for s in samples})
+    key = cache_key(root, paths, size, channels)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"brainmri-{key}-{size}px-{channels}ch"
+    array_path, index_path = cache_dir / f"{stem}.npy", cache_dir / f"{stem}.json"
+    if array_path.exists() and index_path.exists():
+        return _open(array_path, index_path)
+    with open(cache_dir / f"{stem}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if array_path.exists() and index_path.exists():  # another process built it while we waited
+            return _open(array_path, index_path)
+        start = time.perf_counter()
+        log.info("building image cache: %d images at %dpx into %s", len(paths), size, array_path)
+        tmp = cache_dir / f".{stem}.{os.getpid()}.tmp.npy"
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), channels, size, size))
+
+        def fill(i: int) -> None:
+            array[i] = decode_resized(root / paths[i], size, channels).numpy()
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            list(pool.map(fill, range(len(paths))))
+        array.flush()
+        del array
+        index_tmp = cache_dir / f".{stem}.{os.getpid()}.tmp.json"
+        index_tmp.write_text(json.dumps({"version": CACHE_VERSION, "root": str(root), "size": size, "channels": channels, "paths": paths}))
+        os.replace(index_tmp, index_path)
+        os.replace(tmp, array_path)  # the commit point: readers look for the array
+        cache = _open(array_path, index_path)
+        cache.build_seconds = time.perf_counter() - start
+        log.info("image cache built in %.1f s (%.0f MB)", cache.build_seconds, array_path.stat().st_size / 2**20)
+        return cache
+
+
+class CachedDataset(Dataset):
+    """uint8 (C, S, S) tensors straight from the cache; augmentation happens per batch."""
+
+    def __init__(self, cache: ImageCache, samples: Sequence[Sample]):
+        self.cache = cache
+        self.rows = [cache.rows[s.path] for s in samples]
+        self.labels = [s.label for s in samples]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int):
+        return torch.from_numpy(np.array(self.cache.array[self.rows[index]])), self.labels[index]

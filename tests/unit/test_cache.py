@@ -1,0 +1,131 @@
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from brainmri.config import AugmentConfig
+from brainmri.data.batch_augment import BatchAugment
+from brainmri.data.cache import CachedDataset, decode_resized, open_or_build
+from brainmri.data.datasets import list_images
+from brainmri.data.transforms import build_train_transform, resolve_augment
+from tests.conftest import REPO, make_dataset
+
+
+def samples_of(root):
+    return list_images(root / "Training", root) + list_images(root / "Testing", root)
+
+
+def test_cached_pixels_equal_freshly_decoded_pixels(tmp_path):
+    root = make_dataset(tmp_path / "d", train_per_class=3, test_per_class=1, size=50)
+    samples = samples_of(root)
+    for channels in (1, 3):
+        cache = open_or_build(root, samples, 32, channels, tmp_path / "cache", workers=2)
+        assert cache.build_seconds > 0 and len(cache) == len(samples)
+        data = CachedDataset(cache, samples)
+        for i, s in enumerate(samples):
+            image, label = data[i]
+            assert image.dtype == torch.uint8 and image.shape == (channels, 32, 32) and label == s.label
+            assert torch.equal(image, decode_resized(root / s.path, 32, channels))
+    again = open_or_build(root, samples, 32, 3, tmp_path / "cache", workers=2)
+    assert again.build_seconds == 0.0  # opened, not rebuilt
+
+
+def test_changed_file_rebuilds(tmp_path):
+    root = make_dataset(tmp_path / "d", train_per_class=2, test_per_class=1, size=40)
+    samples = samples_of(root)
+    first = open_or_build(root, samples, 16, 1, tmp_path / "c", workers=1)
+    target = root / samples[0].path
+    Image.new("RGB", (40, 40), (255, 255, 255)).save(target)
+    os.utime(target, ns=(time.time_ns(), time.time_ns() + 10**9))
+    second = open_or_build(root, samples, 16, 1, tmp_path / "c", workers=1)
+    assert second.path != first.path and second.build_seconds > 0
+    assert int(np.asarray(second.array[second.rows[samples[0].path]]).min()) == 255
+    assert open_or_build(root, samples, 24, 1, tmp_path / "c", workers=1).path not in (first.path, second.path)
+
+
+def test_two_processes_building_at_once_leave_one_valid_cache(tmp_path):
+    root = make_dataset(tmp_path / "d", train_per_class=12, test_per_class=4, size=96)
+    script = (
+        "import sys, json; sys.path.insert(0, sys.argv[1]);"
+        "from pathlib import Path;"
+        "from brainmri.data.cache import open_or_build;"
+        "from brainmri.data.datasets import list_images;"
+        "root = Path(sys.argv[2]); s = list_images(root / 'Training', root) + list_images(root / 'Testing', root);"
+        "c = open_or_build(root, s, 64, 3, Path(sys.argv[3]), workers=1);"
+        "print(json.dumps({'path': str(c.path), 'built': c.build_seconds > 0, 'sum': int(c.array.sum())}))"
+    )
+    cmd = [sys.executable, "-c", script, str(REPO), str(root), str(tmp_path / "shared")]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [__import__("json").loads(p.communicate(timeout=300)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert outs[0]["path"] == outs[1]["path"] and outs[0]["sum"] == outs[1]["sum"] > 0
+    assert sorted(o["built"] for o in outs) == [False, True]  # one built, the other waited and opened it
+    names = sorted(p.name for p in (tmp_path / "shared").iterdir())
+    assert [n.rsplit(".", 1)[1] for n in names] == ["json", "lock", "npy"]  # no torn temporary files
+
+
+def marker_image(size: int = 48, at: tuple[int, int] = (24, 14)) -> torch.Tensor:
+    x = torch.zeros(1, size, size, dtype=torch.uint8)
+    x[0, at[0], at[1]] = 255
+    return x
+
+
+def marker_positions(images: torch.Tensor) -> torch.Tensor:
+    """(row, col) of the brightest pixel of each image."""
+    flat = images.reshape(len(images), -1).argmax(dim=1)
+    return torch.stack([flat // images.shape[-1], flat % images.shape[-1]], dim=1)
+
+
+def test_batch_augmentation_matches_the_pil_preset_distribution():
+    """resnet_study: flip rate and crop offsets of kornia batches vs torchvision per-image."""
+    torch.manual_seed(0)
+    params = resolve_augment(AugmentConfig(preset="resnet_study"))
+    n, size = 1500, 48
+    batch = marker_image(size).unsqueeze(0).repeat(n, 1, 1, 1)
+    kornia_out = BatchAugment(params, size, [0.0], [1.0], train=True)(batch)
+    tv = build_train_transform(params, size, [0.0], [1.0])
+    pil = Image.fromarray(marker_image(size)[0].numpy(), mode="L")
+    tv_out = torch.stack([tv(pil) for _ in range(n)])
+    for out in (kornia_out, tv_out):
+        pos = marker_positions(out)
+        dy = pos[:, 0] - 24
+        flipped = pos[:, 1] > size / 2
+        dx = torch.where(flipped, (size - 1 - pos[:, 1]) - 14, pos[:, 1] - 14)
+        assert 0.45 < flipped.float().mean() < 0.55
+        assert dy.min() == -8 and dy.max() == 8 and dx.min() == -8 and dx.max() == 8
+        assert abs(dy.float().mean()) < 0.6 and abs(dx.float().mean()) < 0.6
+        assert 0.9 < out.amax(dim=(1, 2, 3)).min()  # the marker survives every crop
+
+
+def test_batch_brightness_and_affine_match_the_cnn_preset():
+    torch.manual_seed(0)
+    n, size = 1000, 40
+    bright = resolve_augment(AugmentConfig(preset="cnn_study", translate=0.0, degrees=0.0, hflip=0.0))
+    grey = torch.full((n, 1, size, size), 128, dtype=torch.uint8)
+    k = BatchAugment(bright, size, [0.0], [1.0], train=True)(grey).mean(dim=(1, 2, 3))
+    tv = build_train_transform(bright, size, [0.0], [1.0])
+    pil = Image.new("L", (size, size), 128)
+    t = torch.stack([tv(pil) for _ in range(n)]).mean(dim=(1, 2, 3))
+    for factors in (k / (128 / 255), t / (128 / 255)):
+        assert 0.79 < factors.min() < 0.82 and 1.18 < factors.max() < 1.21 and abs(factors.mean() - 1.0) < 0.02
+    shift = resolve_augment(AugmentConfig(preset="cnn_study", degrees=0.0, hflip=0.0, brightness=[1.0, 1.0]))
+    batch = marker_image(size, (20, 20)).unsqueeze(0).repeat(n, 1, 1, 1)
+    kd = marker_positions(BatchAugment(shift, size, [0.0], [1.0], train=True)(batch)) - 20
+    tvs = build_train_transform(shift, size, [0.0], [1.0])
+    pil = Image.fromarray(marker_image(size, (20, 20))[0].numpy(), mode="L")
+    td = marker_positions(torch.stack([tvs(pil) for _ in range(n)])) - 20
+    for d in (kd, td):
+        assert d.abs().max() <= 4 and d.min() <= -3 and d.max() >= 3  # translate 0.1 * 40 px
+        assert abs(d.float().mean()) < 0.5
+
+
+def test_eval_batch_transform_only_normalizes():
+    params = resolve_augment(AugmentConfig(preset="cnn_study"))
+    x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    out = BatchAugment(params, 16, [0.5] * 3, [0.5] * 3, train=False)(x)
+    assert torch.allclose(out, x.float() / 255 * 2 - 1)
