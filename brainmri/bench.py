@@ -27,7 +27,7 @@ from brainmri.data.batch_augment import BatchAugment
 from brainmri.data.cache import CachedDataset, open_or_build
 from brainmri.data.datasets import DatasetSplits, ImageDataset, resolve_root, scan_dataset
 from brainmri.data.transforms import build_train_transform, fixed_normalization, resolve_augment
-from brainmri.engine import auto_workers, build_optimizer
+from brainmri.engine import auto_workers, build_optimizer, resolve_precision
 from brainmri.models import build_model
 
 PRECISIONS = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -50,7 +50,8 @@ class _Step:
         self.optimizer = build_optimizer(self.model, cfg.optim)
         if cfg.train.compile:
             self.model = torch.compile(self.model)
-        self.dtype = PRECISIONS[cfg.train.mixed_precision]
+        self.precision = resolve_precision(cfg.train.mixed_precision)
+        self.dtype = PRECISIONS[self.precision]
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.loss = nn.CrossEntropyLoss()
 
@@ -134,11 +135,11 @@ def run_benchmark(
             step(x, y)
             yield b
 
-    log(f"model step: {cfg.model.name} {b}x{c}x{s}x{s} {cfg.train.mixed_precision} on {device}")
+    log(f"model step: {cfg.model.name} {b}x{c}x{s}x{s} {step.precision} on {device}")
     model_img_s = _rate(model_only(), warmup, steps, device)
     out: dict = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-        "precision": cfg.train.mixed_precision,
+        "precision": step.precision,
         "model": cfg.model.name,
         "image_size": s,
         "batch_size": b,

@@ -7,7 +7,9 @@ creation, so a wrong value fails before any data is read, with a message naming 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -113,7 +115,7 @@ class TrainConfig:
 
     epochs: int = 10
     batch_size: int = 32  # per process
-    mixed_precision: str = "no"  # no | bf16 | fp16
+    mixed_precision: str = "auto"  # auto (bf16 where the hardware has it, fp16 on older GPUs, else no) | no | bf16 | fp16
     grad_accum: int = 1
     grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
     label_smoothing: float = 0.0
@@ -126,7 +128,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "an integer >= 1", self.epochs)
         _check(self.batch_size >= 1, "train.batch_size", "an integer >= 1", self.batch_size)
-        _choice("train.mixed_precision", self.mixed_precision, ("no", "bf16", "fp16"))
+        if self.mixed_precision in (False, "False", "false"):  # YAML 1.1 reads a bare `no` as false
+            self.mixed_precision = "no"
+        _choice("train.mixed_precision", self.mixed_precision, ("auto", "no", "bf16", "fp16"))
         _check(self.grad_accum >= 1, "train.grad_accum", "an integer >= 1", self.grad_accum)
         _check(self.grad_clip >= 0, "train.grad_clip", "a norm >= 0 (0 disables)", self.grad_clip)
         _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", "a value in [0, 1)", self.label_smoothing)
@@ -373,6 +377,21 @@ def merge_config(schema: type, layers: Sequence[tuple[str, DictConfig | dict]]) 
         raise ConfigError(f"{key}: {str(getattr(e, 'msg', e)).splitlines()[0]}") from None
 
 
+def _is_str_field(schema: type, dotted: str) -> bool:
+    """Whether ``dotted`` names a str (or Optional[str]) field, whose CLI value is taken verbatim."""
+    cls: Any = schema
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+        if part not in hints:
+            return False
+        hint = hints[part]
+        if i == len(parts) - 1:
+            return hint is str or hint == Optional[str]
+        cls = hint
+    return False
+
+
 def load_config(args: Sequence[str], recipes_dir: Path, schema: type = Config) -> Any:
     """Defaults, then ``recipe=NAME`` (from ``recipes_dir``), then the other overrides."""
     overrides = parse_overrides(args)
@@ -381,9 +400,15 @@ def load_config(args: Sequence[str], recipes_dir: Path, schema: type = Config) -
     if recipe:
         path = find_recipe(recipe, recipes_dir)
         layers.append((f"recipe {path}", load_yaml_mapping(path)))
-    dotlist = [f"{k}={v}" for k, v in overrides.items()]
+    # Values are YAML (numbers, lists, true/false), except for string keys: there `no`,
+    # `on` or `1e-3` stay the text the user typed.
+    verbatim = {k: v for k, v in overrides.items() if _is_str_field(schema, k)}
+    dotlist = [f"{k}={v}" for k, v in overrides.items() if k not in verbatim]
     try:
         cli = OmegaConf.from_dotlist(dotlist)
+        for key, value in verbatim.items():
+            text = value[1:-1] if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"" else value
+            OmegaConf.update(cli, key, None if text in ("null", "~") else text, force_add=True)
     except OmegaConfBaseException as e:
         raise ConfigError(f"cannot parse overrides: {str(e).splitlines()[0]}") from None
     if recipe:

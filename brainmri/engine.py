@@ -123,6 +123,23 @@ def no_accelerator() -> bool:
     return not torch.cuda.is_available() and not torch.backends.mps.is_available()
 
 
+def resolve_precision(requested: str) -> str:
+    """``auto``: bf16 on GPUs and CPUs with bf16 units, fp16 (scaled) on older GPUs, else fp32.
+
+    CPUs without native bf16 (AVX2-only, for instance) emulate it at a fraction of fp32 speed,
+    so ``auto`` never picks it there.
+    """
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    try:
+        native_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native_bf16 = False
+    return "bf16" if native_bf16 else "no"
+
+
 def distributed_state():
     """Accelerate's process state, created the same way the Trainer's Accelerator will be."""
     from accelerate import PartialState
@@ -249,7 +266,7 @@ class Trainer:
         cfg = self.cfg
         self.accelerator = Accelerator(
             cpu=no_accelerator(),
-            mixed_precision=cfg.train.mixed_precision,
+            mixed_precision=resolve_precision(cfg.train.mixed_precision),
             gradient_accumulation_steps=cfg.train.grad_accum,
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         )
@@ -261,7 +278,7 @@ class Trainer:
         mode = self.on_main(lambda: check_output_dir(self.run.path, cfg.resume, cfg.overwrite))
         root = resolve_root(cfg.data.root)
         self.has_test = find_split_dir(root, "test") is not None
-        resuming = mode == "resume" and self.run.split.exists()
+        resuming = mode == "resume" and self.run.dataset.exists()  # written last by prepare_data
 
         def prepare_data() -> dict:
             if resuming:
@@ -614,7 +631,7 @@ class Trainer:
             "select_metric": self.cfg.train.select_metric,
             "best_value": self.state.best_metric,
             "world_size": acc.num_processes,
-            "mixed_precision": self.cfg.train.mixed_precision,
+            "mixed_precision": resolve_precision(self.cfg.train.mixed_precision),
             **{k: v for k, v in best_record.items() if k.startswith("val/")},
         }
         if self.test_loader is None:

@@ -33,11 +33,13 @@ def default_cache_dir(environ) -> Path:
 
 
 def run(args: Sequence[str], dry_run: bool = False, stop_event: Optional[threading.Event] = None) -> int:
-    """Build the config, then dry-run or train; shared with the SLURM job (launch/slurm_job.py)."""
+    """Build the config, then dry-run or train; the SLURM job (launch/cluster.py) calls this too."""
     from brainmri import config as config_lib
     from brainmri.console import print_config, print_model_summary, print_results, setup_logging
 
     cfg = config_lib.load_config(args, RECIPES)
+    if cfg.data.cache_dir is None:
+        cfg.data.cache_dir = str(default_cache_dir(os.environ))
     if dry_run:
         from brainmri.models import build_model, count_parameters
 
@@ -52,9 +54,6 @@ def run(args: Sequence[str], dry_run: bool = False, stop_event: Optional[threadi
     if is_main:
         print_config(config_lib.to_yaml(cfg))
     from brainmri.tracking import resolve_mode
-
-    if cfg.data.cache_dir is None:
-        cfg.data.cache_dir = str(default_cache_dir(os.environ))
 
     wandb_mode = resolve_mode(cfg.tracking.wandb, os.environ)
     trainer = Trainer(cfg, show_progress=sys.stderr.isatty(), wandb_mode=wandb_mode, stop_event=stop_event)

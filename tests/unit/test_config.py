@@ -114,3 +114,12 @@ def test_unknown_key_without_near_match_lists_the_section():
 def test_free_form_sbatch_options_are_accepted():
     cfg = load_config(["slurm.additional.reservation=mri", "slurm.additional.exclusive=true"], RECIPES)
     assert dict(cfg.slurm.additional) == {"reservation": "mri", "exclusive": True}
+
+
+def test_string_keys_take_cli_values_verbatim(tmp_path):
+    cfg = load_config(["train.mixed_precision=no", "model.name=resnet18", "tracking.name=on", "output_dir=null"], RECIPES)
+    assert cfg.train.mixed_precision == "no" and cfg.tracking.name == "on" and cfg.output_dir is None
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  mixed_precision: no\n")  # YAML 1.1: a bare no is false
+    assert load_config([f"recipe={recipe}"], RECIPES).train.mixed_precision == "no"
+    assert load_config(["data.root='/data/my set'"], RECIPES).data.root == "/data/my set"

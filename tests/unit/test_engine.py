@@ -46,3 +46,13 @@ def test_train_state_round_trip():
     again = TrainState()
     again.load_state_dict(state.state_dict())
     assert again == state
+
+
+def test_auto_precision_follows_the_hardware():
+    from brainmri.engine import resolve_precision
+
+    for explicit in ("no", "bf16", "fp16"):
+        assert resolve_precision(explicit) == explicit
+    if not torch.cuda.is_available():
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        assert resolve_precision("auto") == ("bf16" if native else "no")
