@@ -123,6 +123,16 @@ def test_sweep_resubmits_only_unfinished_trials(tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = python(SWEEP, "sweep=demo", f"output_dir={sweep_dir}", "tracking.wandb=disabled")
     assert run_script(args + ["--wait"], timeout=900).returncode == 0
+    # A job whose result is written may still be COMPLETING for a moment; the sweep counts
+    # that as running (so two jobs never share a trial dir). Wait until SLURM lets go.
+    ids = {t["job_id"] for t in json.loads((sweep_dir / "manifest.json").read_text())["trials"]}
+    deadline = time.time() + 120
+    while True:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True).stdout
+        if not any(line.split()[0] in ids for line in out.splitlines() if line.strip()):
+            break
+        assert time.time() < deadline, out
+        time.sleep(1)
     (sweep_dir / "t01-lr=0.003" / "results.json").unlink()
     proc = run_script(args + ["--wait"], timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
