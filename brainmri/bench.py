@@ -14,7 +14,6 @@ import resource
 import shutil
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -185,7 +184,3 @@ def run_benchmark(
     usage = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     out["peak_rss_mb"] = round(usage / 1024, 1)
     return out
-
-
-def with_pipeline(cfg: Config, pipeline: str) -> Config:
-    return replace(cfg, data=replace(cfg.data, pipeline=pipeline))

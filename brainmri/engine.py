@@ -431,17 +431,12 @@ class Trainer:
 
     def _warn_config_changes(self) -> None:
         try:
-            old = config_lib.to_dict(config_lib.config_from_yaml(self.run.config))
+            old = config_lib.flat_dict(config_lib.to_dict(config_lib.config_from_yaml(self.run.config)))
         except BrainMRIError:
             return
-        new = config_lib.to_dict(self.cfg)
-        changed = [
-            f"{section}.{k}" if isinstance(v, dict) else section
-            for section, v in new.items()
-            if section not in ("resume", "overwrite", "output_dir")
-            for k in (v if isinstance(v, dict) else [None])
-            if (old.get(section, {}).get(k) if isinstance(v, dict) else old.get(section)) != (v[k] if isinstance(v, dict) else v)
-        ]
+        new = config_lib.flat_dict(config_lib.to_dict(self.cfg))
+        ignored = ("resume", "overwrite", "output_dir", "data.cache_dir")
+        changed = sorted(k for k in old.keys() | new.keys() if k not in ignored and old.get(k) != new.get(k))
         if changed:
             log.warning("resuming with a config that differs from %s in: %s", self.run.config, ", ".join(changed))
 

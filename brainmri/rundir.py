@@ -127,7 +127,7 @@ class RunDir:
     def prune_checkpoints(self, keep: int, best_epoch: Optional[int]) -> None:
         """Keep the newest ``keep`` complete checkpoints and the best one."""
         found = self.complete_checkpoints()
-        for epoch, path in found[:-keep] if keep else found:
+        for epoch, path in found[:-keep]:
             if epoch != best_epoch:
                 shutil.rmtree(path, ignore_errors=True)
 

@@ -194,9 +194,3 @@ class Tracker:
 def _short(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
-
-
-def offline_runs(run: RunDir) -> Sequence[Path]:
-    """The offline W&B run folders inside a run directory (several after resumes)."""
-    root = run.path / "wandb"
-    return sorted(root.glob("offline-run-*")) if root.is_dir() else []

@@ -163,6 +163,7 @@ def test_refuses_to_clobber_then_resume_and_overwrite(tmp_path):
     assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [1]
     longer = run_script(args[:-1] + ["train.epochs=2", "resume=auto"])  # extend a finished run
     assert longer.returncode == 0, longer.stderr[-2000:]
+    assert "differs from" in longer.stderr and "train.epochs" in " ".join(longer.stderr.split())
     assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2]
     fresh = run_script(args + ["overwrite=true"])
     assert fresh.returncode == 0

@@ -123,3 +123,9 @@ def test_string_keys_take_cli_values_verbatim(tmp_path):
     recipe.write_text("train:\n  mixed_precision: no\n")  # YAML 1.1: a bare no is false
     assert load_config([f"recipe={recipe}"], RECIPES).train.mixed_precision == "no"
     assert load_config(["data.root='/data/my set'"], RECIPES).data.root == "/data/my set"
+
+
+def test_flat_dict():
+    from brainmri.config import flat_dict
+
+    assert flat_dict({"a": {"b": 1, "c": {}}, "d": 2, "e": {"f": {"g": 3}}}) == {"a.b": 1, "a.c": {}, "d": 2, "e.f.g": 3}
