@@ -92,7 +92,9 @@ def _loader(cfg: Config, splits: DatasetSplits, pipeline: str, cache_dir: Path, 
     workers = cfg.data.num_workers if cfg.data.num_workers >= 0 else auto_workers(1)
     build_s, transform = 0.0, None
     if pipeline == "cached":
-        cache = open_or_build(splits.root, splits.train, cfg.data.image_size, cfg.data.channels, cache_dir, auto_workers(1))
+        # The same images training caches (all splits), so the build time is the one training pays.
+        everything = splits.train + splits.val + (splits.test or [])
+        cache = open_or_build(splits.root, everything, cfg.data.image_size, cfg.data.channels, cache_dir, auto_workers(1))
         build_s = cache.build_seconds
         dataset = CachedDataset(cache, splits.train)
         transform = BatchAugment(params, cfg.data.image_size, mean, std, train=True)
