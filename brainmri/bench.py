@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import resource
 import shutil
@@ -22,11 +23,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from brainmri.config import Config
-from brainmri.data.batch_augment import BatchAugment
-from brainmri.data.cache import CachedDataset, open_or_build
-from brainmri.data.datasets import DatasetSplits, ImageDataset, resolve_root, scan_dataset
-from brainmri.data.transforms import build_train_transform, fixed_normalization, resolve_augment
-from brainmri.engine import auto_workers, build_optimizer, resolve_precision
+from brainmri.data.datasets import DatasetSplits, resolve_root, scan_dataset
+from brainmri.data.loaders import auto_workers, build_loaders
+from brainmri.data.transforms import fixed_normalization, resolve_augment
+from brainmri.engine import build_optimizer, resolve_precision
 from brainmri.models import build_model
 
 PRECISIONS = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -81,36 +81,20 @@ def _rate(batches: Iterator[int], warmup: int, steps: int, device: torch.device)
 def _loader_batches(loader: DataLoader, device: torch.device, transform: Optional[nn.Module]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless batches on the device, augmented when the pipeline augments batches."""
     pin = device.type == "cuda"
-    for images, targets in itertools.chain.from_iterable(itertools.repeat(loader)):
+    for images, targets, _ in itertools.chain.from_iterable(itertools.repeat(loader)):
         images = images.to(device, non_blocking=pin)
         targets = targets.to(device, non_blocking=pin)
         yield (transform(images) if transform is not None else images), targets
 
 
 def _loader(cfg: Config, splits: DatasetSplits, pipeline: str, cache_dir: Path, mean, std) -> tuple[DataLoader, Optional[nn.Module], float]:
-    params = resolve_augment(cfg.augment)
-    workers = cfg.data.num_workers if cfg.data.num_workers >= 0 else auto_workers(1)
-    build_s, transform = 0.0, None
-    if pipeline == "cached":
-        # The same images training caches (all splits), so the build time is the one training pays.
-        everything = splits.train + splits.val + (splits.test or [])
-        cache = open_or_build(splits.root, everything, cfg.data.image_size, cfg.data.channels, cache_dir, auto_workers(1))
-        build_s = cache.build_seconds
-        dataset = CachedDataset(cache, splits.train)
-        transform = BatchAugment(params, cfg.data.image_size, mean, std, train=True)
-        workers = min(workers, 2)
-    else:
-        dataset = ImageDataset(splits.root, splits.train, cfg.data.channels, build_train_transform(params, cfg.data.image_size, mean, std))
-    loader = DataLoader(
-        dataset,
-        batch_size=cfg.train.batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        pin_memory=torch.cuda.is_available(),
-    )
-    return loader, transform, build_s
+    """The training loader exactly as the Trainer builds it (same workers, cache, transforms)."""
+    data = dataclasses.replace(cfg.data, pipeline=pipeline, cache_dir=str(cache_dir))
+    # The cache covers every split, as in training, so its build time is the one training pays.
+    loaders = build_loaders(splits, data, cfg.augment, cfg.train.batch_size, mean, std, drop_last_train=True)
+    transform = loaders.train_batch_transform
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return loaders.train, transform.to(device) if transform is not None else None, loaders.cache_build_seconds
 
 
 def run_benchmark(

@@ -39,8 +39,9 @@ class DataConfig:
     val_fraction: float = 0.1
     on_bad_image: str = "error"  # error: stop with the list; skip: train without them
     num_workers: int = -1  # -1: from the CPUs this process may use
-    pipeline: str = "pil"  # pil: decode + transform every image every epoch; cached: decode once, augment batches
+    pipeline: str = "cached"  # cached: decode once, augment batches on the device; pil: decode + transform every image every epoch
     cache_dir: Optional[str] = None  # cached pipeline; None: node-local scratch (set by the launcher)
+    dedup: str = "none"  # train_test: drop test images whose pixels equal a Training image's (leakage)
 
     def __post_init__(self) -> None:
         _choice("data.pipeline", self.pipeline, ("pil", "cached"))
@@ -48,6 +49,7 @@ class DataConfig:
         _choice("data.channels", self.channels, (1, 3))
         _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "a fraction in (0, 1)", self.val_fraction)
         _choice("data.on_bad_image", self.on_bad_image, ("error", "skip"))
+        _choice("data.dedup", self.dedup, ("none", "train_test"))
         _check(self.num_workers >= -1, "data.num_workers", "-1 (auto) or >= 0", self.num_workers)
 
 
@@ -255,6 +257,29 @@ class Config:
     @property
     def in_chans(self) -> int:
         return self.model.in_chans or self.data.channels
+
+
+@dataclass
+class EvalDataConfig:
+    root: Optional[str] = None  # None: the data.root the run was trained on
+
+
+@dataclass
+class EvalConfig:
+    """``launch/evaluate.py`` and ``launch/predict.py``: which trained model, which images."""
+
+    run: Optional[str] = None  # a run directory
+    checkpoint: Optional[str] = None  # a weights file or checkpoint folder (default: the run's best.safetensors)
+    split: str = "test"  # test | val (the run's own split.csv)
+    tta: str = "none"  # none | hflip (average the image and its mirror)
+    batch_size: int = 64
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)
+
+    def __post_init__(self) -> None:
+        _choice("split", self.split, ("test", "val"))
+        _choice("tta", self.tta, ("none", "hflip"))
+        _check(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
+        _check(self.run is not None or self.checkpoint is not None, "run", "run=RUN_DIR or checkpoint=FILE", self.run)
 
 
 # ---------------------------------------------------------------------------------------

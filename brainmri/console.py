@@ -45,24 +45,39 @@ def print_model_summary(name: str, params: int, in_chans: int, image_size: int) 
     console.print(table)
 
 
-def print_results(results: dict[str, Any]) -> None:
-    """Test metrics as a per-class table plus the headline numbers."""
-    if results.get("test") is None and "test/acc" not in results:
-        console.print(f"[bold]no test split[/bold]; best epoch {results['best_epoch']}")
-        return
-    table = Table(title=f"test results (best epoch {results['best_epoch']}, {results['test/size']} images)")
-    for column in ("class", "precision", "recall", "f1", "support"):
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def print_metrics(metrics: dict[str, Any], split: str, title: str) -> None:
+    """Per-class precision, recall (sensitivity), specificity, F1 and AUC, the headline
+    numbers, then the confusion matrix: one split's :func:`brainmri.metrics.classification_metrics`."""
+    table = Table(title=title)
+    for column in ("class", "precision", "recall (sens.)", "specificity", "f1", "ROC AUC", "support"):
         table.add_column(column, justify="left" if column == "class" else "right")
-    for name, m in results["per_class"].items():
-        table.add_row(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
+    for name, m in metrics["per_class"].items():
+        table.add_row(name, _fmt(m["precision"]), _fmt(m["recall"]), _fmt(m.get("specificity")), _fmt(m["f1"]),
+                      _fmt(m.get("auroc")), str(m["support"]))
     table.add_section()
-    table.add_row("[bold]accuracy", "", "", f"[bold]{results['test/acc']:.3f}", str(results["test/size"]))
-    table.add_row("[bold]macro-F1", "", "", f"[bold]{results['test/macro_f1']:.3f}", "")
+    size = sum(m["support"] for m in metrics["per_class"].values())
+    headline = [("accuracy", "acc"), ("balanced accuracy", "balanced_acc"), ("macro-F1", "macro_f1"),
+                ("weighted F1", "weighted_f1"), ("macro ROC AUC", "auroc_macro"), ("ECE (15 bins)", "ece")]
+    for label, key in headline:
+        if f"{split}/{key}" in metrics:
+            table.add_row(f"[bold]{label}", "", "", "", f"[bold]{_fmt(metrics[f'{split}/{key}'])}", "", str(size) if key == "acc" else "")
     console.print(table)
     cm = Table(title="confusion matrix (rows: true, columns: predicted)")
     cm.add_column("")
-    for name in results["class_names"]:
+    for name in metrics["class_names"]:
         cm.add_column(name, justify="right")
-    for name, row in zip(results["class_names"], results["confusion_matrix"]):
+    for name, row in zip(metrics["class_names"], metrics["confusion_matrix"]):
         cm.add_row(name, *map(str, row))
     console.print(cm)
+
+
+def print_results(results: dict[str, Any]) -> None:
+    """Test metrics of a finished training run (results.json)."""
+    if results.get("test") is None and "test/acc" not in results:
+        console.print(f"[bold]no test split[/bold]; best epoch {results['best_epoch']}")
+        return
+    print_metrics(results, "test", f"test results (best epoch {results['best_epoch']}, {results['test/size']} images)")

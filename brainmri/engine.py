@@ -48,22 +48,21 @@ from brainmri.data.datasets import (
     scan_dataset,
     write_split,
 )
-from brainmri.data.batch_augment import BatchAugment
-from brainmri.data.cache import CachedDataset, open_or_build
+from brainmri.data.loaders import auto_workers, build_loaders
 from brainmri.data.transforms import (
-    build_eval_transform,
     build_train_transform,
     compute_mean_std,
     fixed_normalization,
     resolve_augment,
     unnormalized_transform,
 )
-from brainmri import figures
+from brainmri import cam, figures
 from brainmri.errors import BrainMRIError, CheckpointError
 from brainmri.metrics import classification_metrics
 from brainmri.models import build_model, count_parameters
 from brainmri.tracking import Tracker
 from brainmri.rundir import RunDir, atomic_write_json, atomic_write_text, check_output_dir, clear_run, write_jsonl
+from brainmri.weights import verify_checkpoint_folder
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +93,19 @@ class TrainState:
         self.best_epoch = state["best_epoch"]
         self.history = json.loads(state["history"])
 
+    # Stored as JSON beside Accelerate's files rather than registered with Accelerate, which
+    # unpickles registered objects with weights_only=False: a checkpoint must hold no code.
+    FILE = "train_state.json"
+
+    def save(self, folder: Path) -> None:
+        atomic_write_json(folder / self.FILE, self.state_dict())
+
+    def load(self, folder: Path) -> None:
+        path = folder / self.FILE
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {folder} has no {self.FILE}: it was not written by this brainmri")
+        self.load_state_dict(json.loads(path.read_text()))
+
 
 class TrainingInterrupted(Exception):
     """Every rank stopped at the same step because a stop was requested (preemption, time limit).
@@ -101,21 +113,6 @@ class TrainingInterrupted(Exception):
     The epoch in flight is dropped; the newest complete checkpoint is where ``resume=auto``
     continues, so the history still holds each epoch exactly once.
     """
-
-
-class IndexedDataset(torch.utils.data.Dataset):
-    """Adds the sample index to each item, so metrics can drop the duplicates that
-    distributed samplers add to even out the last batch."""
-
-    def __init__(self, dataset: ImageDataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        image, label = self.dataset[index]
-        return image, label, index
 
 
 def no_accelerator() -> bool:
@@ -149,15 +146,6 @@ def distributed_state():
 
 def default_output_dir(recipe: Optional[str]) -> Path:
     return Path("runs") / f"{recipe or 'run'}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
-
-def auto_workers(num_local_processes: int) -> int:
-    """DataLoader workers per process: this process's share of the CPUs it may use, at most 8."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(8, cpus // max(1, num_local_processes)))
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -268,7 +256,8 @@ class Trainer:
             cpu=no_accelerator(),
             mixed_precision=resolve_precision(cfg.train.mixed_precision),
             gradient_accumulation_steps=cfg.train.grad_accum,
-            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+            # Pinned host memory (the loaders pin on CUDA) lets the copy overlap the step.
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=torch.cuda.is_available()),
         )
         set_seed(cfg.seed, device_specific=True)
 
@@ -284,7 +273,7 @@ class Trainer:
             if resuming:
                 return json.loads(self.run.dataset.read_text())
             splits = scan_dataset(
-                root, cfg.data.val_fraction, cfg.seed, cfg.data.on_bad_image, workers=auto_workers(1)
+                root, cfg.data.val_fraction, cfg.seed, cfg.data.on_bad_image, workers=auto_workers(1), dedup=cfg.data.dedup
             )
             if mode == "overwrite":
                 clear_run(self.run.path)
@@ -293,6 +282,9 @@ class Trainer:
             write_split(self.run.split, splits)
             if splits.bad:
                 atomic_write_text(self.run.bad_images, "".join(f"{p}\t{r}\n" for p, r in sorted(splits.bad.items())))
+            if splits.leaks:
+                rows = "".join(f"{t}\t{tr}\n" for t, tr in sorted(splits.leaks.items()))
+                atomic_write_text(self.run.leaks, "test\tsame pixels as\n" + rows)
             info = self._dataset_info(splits)
             atomic_write_json(self.run.dataset, info)
             return info
@@ -331,7 +323,6 @@ class Trainer:
         # and rebuilt on resume rather than restored, so a run can be extended.
         self.steps_per_epoch = math.ceil(len(self.train_loader) / cfg.train.grad_accum)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.steps_per_epoch, cfg.train.epochs)
-        self.accelerator.register_for_checkpointing(self.state)
 
         if mode == "resume":
             self._resume()
@@ -383,6 +374,8 @@ class Trainer:
                 "test": class_counts(splits.test) if splits.test is not None else None,
             },
             "bad_images": len(splits.bad),
+            "dedup": self.cfg.data.dedup,
+            "train_test_leaks": len(splits.leaks),  # dropped from test when dedup=train_test
             "image_size": self.cfg.data.image_size,
             "channels": self.cfg.data.channels,
             "mean": list(stats[0]),
@@ -390,44 +383,16 @@ class Trainer:
         }
 
     def _build_loaders(self) -> None:
-        cfg, splits = self.cfg, self.splits
-        mean, std = self.dataset_info["mean"], self.dataset_info["std"]
-        params = resolve_augment(cfg.augment)
-        train_tf = build_train_transform(params, cfg.data.image_size, mean, std)
-        eval_tf = build_eval_transform(cfg.data.image_size, mean, std)
+        cfg = self.cfg
         local = torch.cuda.device_count() if torch.cuda.is_available() else self.accelerator.num_processes
-        workers = cfg.data.num_workers if cfg.data.num_workers >= 0 else auto_workers(local)
-
-        self.train_batch_transform: Optional[nn.Module] = None
-        self.eval_batch_transform: Optional[nn.Module] = None
-        cache = None
-        if cfg.data.pipeline == "cached":
-            cache_dir = Path(cfg.data.cache_dir or Path.home() / ".cache" / "brainmri").expanduser()
-            everything = splits.train + splits.val + (splits.test or [])
-            cache = open_or_build(splits.root, everything, cfg.data.image_size, cfg.data.channels, cache_dir, auto_workers(1))
-            self.cache_build_seconds = cache.build_seconds
-            self.train_batch_transform = BatchAugment(params, cfg.data.image_size, mean, std, train=True)
-            self.eval_batch_transform = BatchAugment(params, cfg.data.image_size, mean, std, train=False)
-            workers = min(workers, 2)  # workers only copy from the memmap
-
-        def loader(samples, transform, shuffle: bool) -> DataLoader:
-            if cache is not None:
-                dataset = IndexedDataset(CachedDataset(cache, samples))
-            else:
-                dataset = IndexedDataset(ImageDataset(splits.root, samples, cfg.data.channels, transform))
-            return DataLoader(
-                dataset,
-                batch_size=cfg.train.batch_size,
-                shuffle=shuffle,
-                num_workers=workers,
-                pin_memory=torch.cuda.is_available(),
-                persistent_workers=workers > 0,
-                drop_last=False,
-            )
-
-        self.train_loader = loader(splits.train, train_tf, shuffle=True)
-        self.val_loader = loader(splits.val, eval_tf, shuffle=False)
-        self.test_loader = loader(splits.test, eval_tf, shuffle=False) if splits.test else None
+        loaders = build_loaders(
+            self.splits, cfg.data, cfg.augment, cfg.train.batch_size,
+            self.dataset_info["mean"], self.dataset_info["std"], num_local_processes=local,
+        )
+        self.train_loader, self.val_loader, self.test_loader = loaders.train, loaders.val, loaders.test
+        self.train_batch_transform = loaders.train_batch_transform
+        self.eval_batch_transform = loaders.eval_batch_transform
+        self.cache_build_seconds = loaders.cache_build_seconds
 
     def _warn_config_changes(self) -> None:
         try:
@@ -446,7 +411,9 @@ class Trainer:
             log.info("resume=auto: no complete checkpoint in %s, starting from epoch 1", self.run.path)
             return
         epoch, path = latest
+        verify_checkpoint_folder(path)  # refuse planted pickles before Accelerate opens anything
         self.accelerator.load_state(str(path))
+        self.state.load(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
             total = self.steps_per_epoch * self.cfg.train.epochs
@@ -595,6 +562,7 @@ class Trainer:
             "value": str(metric),
             "model": self.cfg.model.name,
             "dataset": json.dumps(self.dataset_info),
+            "config": config_lib.to_yaml(self.cfg),  # enough to rebuild the model from this file alone
         }
         save_file(tensors, str(tmp), metadata=metadata)
         os.replace(tmp, self.run.best_weights)
@@ -608,6 +576,8 @@ class Trainer:
             tmp.mkdir(parents=True, exist_ok=True)
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
+        if self.is_main:
+            self.state.save(tmp)
         acc.wait_for_everyone()
         if self.is_main:
             os.replace(tmp, final)
@@ -706,6 +676,7 @@ class Trainer:
             results = self.test()
             if self.is_main:
                 self._end_figures(results)
+                self._cam_figure()
             return results
         except TrainingInterrupted as e:
             log.warning("training stopped at epoch %d: %s", self.state.epoch + 1, e)
@@ -725,6 +696,27 @@ class Trainer:
             self.tracker.log_figure("results/confusion_matrix_png", path)
         self.tracker.log_results(results)
         self.tracker.log_model(self.run.best_weights, {"best_epoch": results["best_epoch"], self.cfg.train.select_metric: results["best_value"]})
+
+    def _cam_figure(self) -> None:
+        """Grad-CAM overlays of a fixed set of validation images (the first of each class).
+
+        A model that is right for the wrong reason (skull edges, text burnt into the
+        slice) shows it here; the same images every run make runs comparable.
+        """
+        # Without Accelerate's autocast wrapper: Grad-CAM reads activations as fp32 numpy arrays.
+        model = self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False, keep_torch_compile=False)
+        k = self.cfg.tracking.samples_per_class
+        chosen = [s for label in range(len(self.class_names)) for s in [x for x in self.splits.val if x.label == label][:k]]
+        if not chosen or cam.target_layer(model) is None:
+            log.info("no Grad-CAM figure: %s", "no validation images" if not chosen else "the model has no conv layer")
+            return
+        path = self.figures_dir / "gradcam.png"
+        tiles = cam.explain_samples(
+            model, self.splits.root, chosen, self.cfg.data.channels, self.cfg.data.image_size,
+            self.dataset_info["mean"], self.dataset_info["std"], self.accelerator.device,
+        )
+        figures.save_figure(figures.cam_grid(tiles, self.class_names), path)
+        self.tracker.log_figure("results/gradcam", path)
 
     def _progress(self, description: str, total: int):
         if not (self.show_progress and self.is_main):

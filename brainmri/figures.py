@@ -165,3 +165,85 @@ def training_curves(history: Sequence[dict], best_epoch: Optional[int] = None) -
         axes[0].legend(frameon=False)
         fig.tight_layout()
         return fig
+
+
+def roc_curves(curves: Sequence[tuple[Sequence[float], Sequence[float]]], aucs: Sequence[Optional[float]], class_names: Sequence[str], title: str = "ROC curves (one vs rest)") -> Figure:
+    """One ROC curve per class with its AUC in the legend; the diagonal is chance."""
+    colors = ["#3b6ea8", "#d0613a", "#5a9e6f", "#8e5fa8"]
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(5.6, 5.2))
+        for i, ((fpr, tpr), auc, name) in enumerate(zip(curves, aucs, _names(class_names))):
+            label = f"{name} (AUC {auc:.3f})" if auc is not None else f"{name} (AUC undefined)"
+            ax.plot(fpr, tpr, color=colors[i % len(colors)], linewidth=2, label=label)
+        ax.plot([0, 1], [0, 1], color="#aaaaaa", linestyle="--", linewidth=1)
+        ax.set_xlabel("false positive rate (1 - specificity)")
+        ax.set_ylabel("true positive rate (sensitivity)")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+        ax.set_title(title)
+        ax.legend(frameon=False, loc="lower right")
+        ax.grid(alpha=0.25)
+        fig.tight_layout()
+        return fig
+
+
+def reliability_diagram(bins: Sequence[dict], ece: float, title: str = "Reliability diagram") -> Figure:
+    """Accuracy against confidence per bin, bar width the bin, with the bin's image count;
+    bars under the diagonal mean over-confidence."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(5.6, 5.2))
+        for b in bins:
+            if not b["count"]:
+                continue
+            width = b["hi"] - b["lo"]
+            ax.bar(b["lo"], b["accuracy"], width=width, align="edge", color="#3b6ea8", edgecolor="white", alpha=0.85)
+            gap = b["confidence"] - b["accuracy"]
+            if gap > 0:
+                ax.bar(b["lo"], gap, bottom=b["accuracy"], width=width, align="edge", color="#d0613a", alpha=0.35, edgecolor="white")
+            ax.text(b["lo"] + width / 2, min(b["accuracy"], 0.95) + 0.02, str(b["count"]), ha="center", fontsize=7)
+        ax.plot([0, 1], [0, 1], color="#444444", linestyle="--", linewidth=1)
+        ax.set_xlabel("confidence (max probability)")
+        ax.set_ylabel("accuracy")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{title}  (ECE {ece:.3f})")
+        ax.grid(alpha=0.25)
+        fig.tight_layout()
+        return fig
+
+
+def cam_grid(tiles: Sequence, class_names: Sequence[str], title: str = "Grad-CAM: where the model looked") -> Figure:
+    """Rows of Grad-CAM overlays grouped by true class; each titled true -> predicted (p).
+
+    ``tiles`` are :class:`brainmri.cam.CamTile`; a wrong prediction is titled in red.
+    """
+    from brainmri.cam import overlay
+
+    names = _names(class_names)
+    by_class: dict[int, list] = {}
+    for t in tiles:
+        by_class.setdefault(t.label if t.label is not None else -1, []).append(t)
+    rows = sorted(by_class)
+    cols = max(len(v) for v in by_class.values())
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(len(rows), cols * 2, figsize=(2.0 * cols * 2, 2.3 * len(rows)), squeeze=False)
+        for r, label in enumerate(rows):
+            for c in range(cols * 2):
+                ax = axes[r][c]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
+                k, is_cam = divmod(c, 2)
+                if k >= len(by_class[label]):
+                    continue
+                t = by_class[label][k]
+                ax.imshow(overlay(t.image, t.heat) if is_cam else t.image)
+                if is_cam:
+                    wrong = t.label is not None and t.pred != t.label
+                    ax.set_title(f"→ {names[t.pred]} ({t.prob:.0%})", fontsize=9, color="#c0392b" if wrong else "#222222", fontweight="normal")
+                if c == 0:
+                    ax.set_ylabel(names[label] if label >= 0 else "?", fontsize=11, fontweight="bold")
+        fig.suptitle(title, fontweight="bold")
+        fig.tight_layout()
+        return fig

@@ -10,6 +10,9 @@ Layout (a contract other tools rely on)::
     best.safetensors   weights of the best epoch (metadata: epoch, metric)
     checkpoints/epoch_NNNN/   full training state (Accelerate save_state)
     bad_images.txt     images left out with data.on_bad_image=skip
+    test_leaks.tsv     test images with the same pixels as a Training image (dropped with data.dedup=train_test)
+    figures/           PNGs: class balance, augmentations, curves, confusion matrix, Grad-CAM
+    eval_<split>.json  launch/evaluate.py's report (with its PNGs in figures/)
 
 Every file is written to a temporary name and renamed into place; a checkpoint folder
 only gets its final name once all of it is on disk, so a folder named ``epoch_NNNN`` is
@@ -94,6 +97,10 @@ class RunDir:
     def bad_images(self) -> Path:
         return self.path / "bad_images.txt"
 
+    @property
+    def leaks(self) -> Path:
+        return self.path / "test_leaks.tsv"
+
     def checkpoint(self, epoch: int) -> Path:
         return self.checkpoints / f"epoch_{epoch:04d}"
 
@@ -158,7 +165,7 @@ def check_output_dir(path: Path, resume: str, overwrite: bool) -> str:
 def clear_run(path: Path) -> None:
     """Remove the artefacts of a previous run (``overwrite=true``); other files stay."""
     run = RunDir(path)
-    for p in (run.config, run.split, run.dataset, run.metrics, run.results, run.best_weights, run.bad_images):
+    for p in (run.config, run.split, run.dataset, run.metrics, run.results, run.best_weights, run.bad_images, run.leaks):
         p.unlink(missing_ok=True)
     for p in (run.checkpoints, path / "figures"):
         shutil.rmtree(p, ignore_errors=True)

@@ -127,6 +127,8 @@ class Tracker:
         self._call("metrics", self.accelerator.log, values)
 
     def log_figure(self, key: str, path: Path) -> None:
+        if not (self.enabled and self.wandb_run is not None):
+            return
         import wandb
 
         self._call(key, self.accelerator.log, {key: wandb.Image(str(path))})
@@ -157,9 +159,9 @@ class Tracker:
             for j, count in enumerate(row):
                 y_true += [i] * count
                 y_pred += [j] * count
-        table = wandb.Table(columns=["class", "precision", "recall", "f1", "support"])
+        table = wandb.Table(columns=["class", "precision", "recall", "specificity", "f1", "auroc", "support"])
         for name, m in results["per_class"].items():
-            table.add_data(name, m["precision"], m["recall"], m["f1"], m["support"])
+            table.add_data(name, m["precision"], m["recall"], m.get("specificity"), m["f1"], m.get("auroc"), m["support"])
         plot = wandb.plot.confusion_matrix(y_true=y_true, preds=y_pred, class_names=names, title="test confusion matrix")
         self._call("results", self.accelerator.log, {"test/confusion_matrix": plot, "test/per_class": table})
         summary = {k: v for k, v in results.items() if isinstance(v, (int, float)) and v is not None}

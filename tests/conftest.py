@@ -79,4 +79,5 @@ def fast_overrides(root: Path, out: Path, epochs: int = 2) -> list[str]:
         "train.batch_size=8",
         "augment.preset=none",
         "tracking.wandb=disabled",
+        f"data.cache_dir={out.parent / 'cache'}",  # the cached pipeline (default) stays inside the test's folder
     ]

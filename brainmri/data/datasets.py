@@ -9,12 +9,13 @@ canonical classes in a fixed order, whatever order the folders are listed in.
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import os
 import random
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -63,6 +64,7 @@ class DatasetSplits:
     val: list[Sample]
     test: Optional[list[Sample]]  # None: the dataset has no Testing folder
     bad: dict[str, str]  # relative path -> reason, for images left out (on_bad_image=skip)
+    leaks: dict[str, str] = field(default_factory=dict)  # test path -> Training path with the same pixels
 
 
 def resolve_root(root: Optional[str]) -> Path:
@@ -141,31 +143,51 @@ def load_image(path: Path | str, channels: int) -> Image.Image:
         return to_channels(im, channels)
 
 
-def verify_image(path: Path) -> Optional[str]:
-    """Why ``path`` cannot be trained on, or None when it decodes completely."""
+def pixel_hash(image: Image.Image) -> str:
+    """SHA-1 of the decoded RGB pixels and size: the same for a byte copy and for a lossless
+    re-save (PNG of a JPEG, stripped metadata), unlike a hash of the file."""
+    rgb = to_channels(image, 3)
+    return hashlib.sha1(f"{rgb.width}x{rgb.height}|".encode() + rgb.tobytes()).hexdigest()
+
+
+def verify_image(path: Path) -> tuple[Optional[str], Optional[str]]:
+    """(why ``path`` cannot be trained on, None) or (None, its :func:`pixel_hash`)."""
     try:
         if path.stat().st_size == 0:
-            return "empty file (0 bytes)"
+            return "empty file (0 bytes)", None
         with Image.open(path) as im:
             im.load()
             if im.width < 1 or im.height < 1:
-                return f"degenerate size {im.size}"
-            to_channels(im, 3)
+                return f"degenerate size {im.size}", None
+            return None, pixel_hash(im)
     except UnidentifiedImageError:
-        return "not an image (unknown format)"
+        return "not an image (unknown format)", None
     except OSError as e:
         text = str(e)
-        return f"truncated or corrupt: {text}" if "truncat" in text.lower() else f"unreadable: {text}"
+        return (f"truncated or corrupt: {text}" if "truncat" in text.lower() else f"unreadable: {text}"), None
     except (SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        return f"corrupt: {e}"
-    return None
+        return f"corrupt: {e}", None
 
 
-def verify_images(root: Path, samples: Sequence[Sample], workers: int) -> dict[str, str]:
-    """Decode every image once (threads: PIL releases the GIL) and return all failures."""
+def verify_images(root: Path, samples: Sequence[Sample], workers: int) -> tuple[dict[str, str], dict[str, str]]:
+    """Decode every image once (threads: PIL releases the GIL).
+
+    Returns all failures (path -> reason) and the pixel hash of every readable image.
+    """
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        reasons = pool.map(lambda s: verify_image(root / s.path), samples, chunksize=16)
-        return {s.path: r for s, r in zip(samples, reasons) if r is not None}
+        results = list(pool.map(lambda s: verify_image(root / s.path), samples, chunksize=16))
+    bad = {s.path: r for s, (r, _) in zip(samples, results) if r is not None}
+    hashes = {s.path: h for s, (_, h) in zip(samples, results) if h is not None}
+    return bad, hashes
+
+
+def train_test_leaks(train: Sequence[Sample], test: Sequence[Sample], hashes: dict[str, str]) -> dict[str, str]:
+    """Test images whose pixels equal a Training image's: test path -> that Training path."""
+    seen: dict[str, str] = {}
+    for s in train:
+        if s.path in hashes:
+            seen.setdefault(hashes[s.path], s.path)
+    return {s.path: seen[hashes[s.path]] for s in test if hashes.get(s.path) in seen}
 
 
 def stratified_split(samples: Sequence[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
@@ -184,10 +206,14 @@ def stratified_split(samples: Sequence[Sample], val_fraction: float, seed: int) 
     return sorted(train, key=lambda s: s.path), sorted(val, key=lambda s: s.path)
 
 
-def scan_dataset(root: Path, val_fraction: float, seed: int, on_bad_image: str, workers: int) -> DatasetSplits:
+def scan_dataset(
+    root: Path, val_fraction: float, seed: int, on_bad_image: str, workers: int, dedup: str = "none"
+) -> DatasetSplits:
     """Find the splits, check every image and split Training into train and validation.
 
     All unreadable images are reported together so a user fixes them in one go.
+    ``dedup="train_test"`` drops the test images whose pixels equal a Training image's, so
+    the test score measures generalisation rather than memory.
     """
     train_dir = find_split_dir(root, "train")
     if train_dir is None:
@@ -198,7 +224,7 @@ def scan_dataset(root: Path, val_fraction: float, seed: int, on_bad_image: str, 
     test = list_images(test_dir, root) if test_dir is not None else None
     everything = train_all + (test or [])
     log.info("checking %d images in %s", len(everything), root)
-    bad = verify_images(root, everything, workers)
+    bad, hashes = verify_images(root, everything, workers)
     if bad and on_bad_image == "error":
         listing = "; ".join(f"{p}: {r}" for p, r in sorted(bad.items()))
         raise DatasetError(
@@ -210,12 +236,18 @@ def scan_dataset(root: Path, val_fraction: float, seed: int, on_bad_image: str, 
         test = [s for s in test if s.path not in bad] if test is not None else None
     if not train_all:
         raise DatasetError(f"no readable training images in {train_dir}")
+    leaks = train_test_leaks(train_all, test or [], hashes)
+    if leaks:
+        action = "dropped from the test split (data.dedup=train_test)" if dedup == "train_test" else "kept (data.dedup=none)"
+        log.warning("%d test image(s) have the same pixels as a Training image: %s", len(leaks), action)
+        if dedup == "train_test" and test is not None:
+            test = [s for s in test if s.path not in leaks]
     if test is not None and not test:
         raise DatasetError(f"no readable test images in {test_dir}")
     train, val = stratified_split(train_all, val_fraction, seed)
     if not val:
         raise DatasetError(f"too few training images in {train_dir} for a validation split")
-    return DatasetSplits(root=root, train=train, val=val, test=test, bad=bad)
+    return DatasetSplits(root=root, train=train, val=val, test=test, bad=bad, leaks=leaks)
 
 
 def class_counts(samples: Sequence[Sample]) -> list[int]:

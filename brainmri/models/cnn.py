@@ -81,5 +81,8 @@ class StudyCNN(nn.Module):
         return self.head(self.pool(self.features(x)))
 
     def cam_layer(self) -> nn.Module:
-        """The last convolution: where Grad-CAM looks."""
-        return [m for m in self.features if isinstance(m, nn.Conv2d)][-1]
+        """The output of the last conv block (conv, ReLU, pool): where Grad-CAM looks.
+
+        Not the conv itself: the in-place ReLU after it would rewrite the activations
+        Grad-CAM keeps."""
+        return self.features[-1]

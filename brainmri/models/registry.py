@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import timm
 from torch import nn
@@ -16,6 +16,7 @@ from torch import nn
 from brainmri.config import ModelConfig
 from brainmri.errors import ConfigError
 from brainmri.models.cnn import STUDY_CNNS, StudyCNN
+from brainmri.weights import load_state_dict_file
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,10 @@ for _name in STUDY_CNNS:
 def create_timm_model(num_classes: int, in_chans: int, cfg: ModelConfig) -> nn.Module:
     """A timm model, with pretrained weights from timm's hub or from a local file.
 
-    Compute nodes rarely have internet, hence ``pretrained_file``: timm reads it through
-    ``pretrained_cfg_overlay`` and still adapts the first conv for ``in_chans=1`` and
-    re-initialises the classifier for the 4 classes.
+    Compute nodes rarely have internet, hence ``pretrained_file``: read with
+    :func:`brainmri.weights.load_state_dict_file` (no pickled code runs) and passed to timm
+    through ``pretrained_cfg_overlay``, which still adapts the first conv for
+    ``in_chans=1`` and re-initialises the classifier for the 4 classes.
     """
     if cfg.batch_norm or cfg.global_pool or cfg.widths or cfg.fc:
         raise ConfigError("model.batch_norm, global_pool, widths and fc apply to the study CNNs only")
@@ -83,7 +85,8 @@ def create_timm_model(num_classes: int, in_chans: int, cfg: ModelConfig) -> nn.M
         path = Path(cfg.pretrained_file).expanduser()
         if not path.is_file():
             raise ConfigError(f"model.pretrained_file does not exist: {path}")
-        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+        # Read here, safely (no pickled code runs), and handed to timm as a state dict.
+        kwargs["pretrained_cfg_overlay"] = {"state_dict": load_state_dict_file(path)}
     return timm.create_model(cfg.name, pretrained=pretrained, **kwargs)
 
 
@@ -102,11 +105,3 @@ def build_model(cfg: ModelConfig, in_chans: int, image_size: int, num_classes: i
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def cam_target_layer(model: nn.Module) -> Optional[nn.Module]:
-    """The layer whose activations Grad-CAM should use: the last conv stage."""
-    if hasattr(model, "cam_layer"):
-        return model.cam_layer()
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    return convs[-1] if convs else None

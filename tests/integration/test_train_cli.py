@@ -65,14 +65,14 @@ def check_offline_wandb_run(out: Path, results: dict) -> None:
     assert data["config"]["optim"]["lr"] == pytest.approx(2e-3) and data["config"]["recipe"] == "demo"
     keys = set().union(*data["history"])
     assert {"train/loss", "val/acc", "val/macro_f1", "lr", "throughput", "epoch", "step/train_loss", "step/lr"} <= keys
-    for media in ("data/augmentations", "data/class_distribution", "results/curves", "results/confusion_matrix_png"):
+    for media in ("data/augmentations", "data/class_distribution", "results/curves", "results/confusion_matrix_png", "results/gradcam"):
         assert f"{media}/_type" in keys, media
     for table in ("test/confusion_matrix_table", "test/per_class", "data/classes_train", "data/classes_test"):
         assert any(k.startswith(table) for k in keys), table
     epochs = [row["epoch"] for row in data["history"] if "val/acc" in row]
     assert epochs == [1, 2]
     assert data["summary"]["test/acc"] == pytest.approx(results["test/acc"])
-    for name in ("class_distribution", "augmentations", "confusion_matrix", "curves"):
+    for name in ("class_distribution", "augmentations", "confusion_matrix", "curves", "gradcam"):
         png = (out / "figures" / f"{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000, name
 
@@ -236,15 +236,16 @@ def test_masoud_layout_grayscale_cnn_study(tmp_path):
     assert json.loads((out / "results.json").read_text())["test/size"] == 8
 
 
-def test_cached_pipeline_trains(tmp_path):
+@pytest.mark.parametrize("pipeline", ["cached", "pil"])
+def test_both_pipelines_train(tmp_path, pipeline):
     root = make_dataset(tmp_path / "data", train_per_class=5, test_per_class=2, size=48)
     out = tmp_path / "run"
-    args = [a for a in fast_overrides(root, out, epochs=2) if not a.startswith("augment.")]
-    proc = run_script(python(TRAIN, *args, "data.pipeline=cached", f"data.cache_dir={tmp_path / 'cache'}",
+    args = [a for a in fast_overrides(root, out, epochs=2) if not a.startswith(("augment.", "data.cache_dir"))]
+    proc = run_script(python(TRAIN, *args, f"data.pipeline={pipeline}", f"data.cache_dir={tmp_path / 'cache'}",
                              "augment.preset=cnn_study", "train.channels_last=true"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((out / "results.json").read_text())["test/size"] == 8
-    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == (1 if pipeline == "cached" else 0)
 
 
 def test_bench_writes_json_with_positive_numbers(tmp_path):
@@ -255,6 +256,8 @@ def test_bench_writes_json_with_positive_numbers(tmp_path):
     for pipeline in ("cached", "pil"):
         for key in ("pipeline_img_s", "model_img_s", "train_img_s", "ratio"):
             assert result[pipeline][key] > 0, (pipeline, key)
-    assert result["cache_build_s"] > 0 and result["peak_rss_mb"] > 0 and result["precision"] == "no"
+    from brainmri.engine import resolve_precision
+
+    assert result["cache_build_s"] > 0 and result["peak_rss_mb"] > 0 and result["precision"] == resolve_precision("auto")
     assert result["device"].startswith("cpu")
     assert list(tmp_path.iterdir()) == []  # the benchmark's scratch cache is removed

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import v2
 
 from brainmri.config import AugmentConfig
 from brainmri.data.batch_augment import BatchAugment
@@ -82,16 +83,16 @@ def marker_positions(images: torch.Tensor) -> torch.Tensor:
 
 
 def test_batch_augmentation_matches_the_pil_preset_distribution():
-    """resnet_study: flip rate and crop offsets of kornia batches vs torchvision per-image."""
+    """resnet_study: flip rate and crop offsets of device batches vs torchvision per-image."""
     torch.manual_seed(0)
     params = resolve_augment(AugmentConfig(preset="resnet_study"))
     n, size = 1500, 48
     batch = marker_image(size).unsqueeze(0).repeat(n, 1, 1, 1)
-    kornia_out = BatchAugment(params, size, [0.0], [1.0], train=True)(batch)
+    batch_out = BatchAugment(params, size, [0.0], [1.0], train=True)(batch)
     tv = build_train_transform(params, size, [0.0], [1.0])
     pil = Image.fromarray(marker_image(size)[0].numpy(), mode="L")
     tv_out = torch.stack([tv(pil) for _ in range(n)])
-    for out in (kornia_out, tv_out):
+    for out in (batch_out, tv_out):
         pos = marker_positions(out)
         dy = pos[:, 0] - 24
         flipped = pos[:, 1] > size / 2
@@ -128,4 +129,46 @@ def test_eval_batch_transform_only_normalizes():
     params = resolve_augment(AugmentConfig(preset="cnn_study"))
     x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
     out = BatchAugment(params, 16, [0.5] * 3, [0.5] * 3, train=False)(x)
-    assert torch.allclose(out, x.float() / 255 * 2 - 1)
+    assert torch.allclose(out, x.float() / 255 * 2 - 1, atol=1e-6)
+
+
+def test_batch_rotation_matches_torchvision_range_and_direction():
+    """A marker right of the centre, rotated by up to 30 degrees: same angle range and both
+    directions, as torchvision's RandomAffine."""
+    import math
+
+    from brainmri.data.batch_augment import random_affine
+
+    torch.manual_seed(0)
+    n, size = 800, 64
+    base = torch.zeros(1, 1, size, size)
+    base[0, 0, 31:33, 51:53] = 1.0  # 20 px right of the centre (31.5, 31.5)
+    ours = random_affine(base.repeat(n, 1, 1, 1), 30.0, 0.0)
+    tv = v2.RandomAffine(degrees=30.0)
+    theirs = torch.stack([tv(base[0]) for _ in range(n)])
+
+    def angles(images):
+        weights = images[:, 0]
+        yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+        total = weights.sum(dim=(1, 2)).clamp_min(1e-6)
+        cy = (weights * yy).sum(dim=(1, 2)) / total - 31.5
+        cx = (weights * xx).sum(dim=(1, 2)) / total - 31.5
+        return torch.atan2(-cy, cx) * 180 / math.pi  # counter-clockwise, in degrees
+
+    for a in (angles(ours), angles(theirs)):
+        assert a.min() < -25 and a.max() > 25 and a.abs().max() < 33
+        assert abs(float(a.mean())) < 3
+    # identical direction convention: a fixed +20 degrees moves the marker up on both
+    from torchvision.transforms.v2 import functional as TF
+
+    fixed_tv = angles(TF.affine(base[0], angle=20.0, translate=[0, 0], scale=1.0, shear=[0.0]).unsqueeze(0))
+    torch.manual_seed(1)
+    from brainmri.data import batch_augment
+
+    original = batch_augment._uniform
+    batch_augment._uniform = lambda n, lo, hi, device: torch.full((n,), 20.0) if hi == 30.0 else original(n, lo, hi, device)
+    try:
+        fixed_ours = angles(random_affine(base, 30.0, 0.0))
+    finally:
+        batch_augment._uniform = original
+    assert float(fixed_tv) == pytest.approx(float(fixed_ours), abs=3)

@@ -6,7 +6,6 @@ from safetensors.torch import save_file
 from brainmri.config import ModelConfig
 from brainmri.errors import ConfigError
 from brainmri.models import STUDY_CNNS, build_model, count_parameters, list_models
-from brainmri.models.registry import cam_target_layer
 
 PUBLISHED = {"cnn0": 33_488, "cnn1": 266_364, "cnn2": 146_860, "cnn3": 9_369_668}
 
@@ -84,13 +83,6 @@ def test_missing_pretrained_file():
 def test_study_cnn_has_no_pretrained_weights():
     with pytest.raises(ConfigError, match="has no pretrained weights"):
         build_model(ModelConfig(name="cnn0", pretrained=True), 3, 256)
-
-
-def test_cam_layer_is_last_conv():
-    cnn = build_model(ModelConfig(name="cnn2"), 3, 64)
-    assert cam_target_layer(cnn) is cnn.features[-3]
-    resnet = build_model(ModelConfig(name="resnet18"), 3, 64)
-    assert cam_target_layer(resnet) is resnet.layer4[1].conv2
 
 
 def test_study_cnn_widths_and_fc_override():

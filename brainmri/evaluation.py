@@ -1,0 +1,260 @@
+"""Evaluation and inference of a trained model, from its run directory or a weights file.
+
+:func:`load_trained` rebuilds the model exactly as it was trained (config, normalization,
+channels, image size) and loads its weights safely; :func:`evaluate` scores one split with
+every metric of :mod:`brainmri.metrics`, optionally with horizontal-flip test-time
+augmentation, and, on the test split, again without the test images whose pixels equal a
+Training image's (the leakage both public datasets ship with).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from brainmri import config as config_lib
+from brainmri.config import Config
+from brainmri.data.datasets import (
+    CLASS_NAMES,
+    IMAGE_EXTENSIONS,
+    DatasetSplits,
+    Sample,
+    find_split_dir,
+    load_image,
+    read_split,
+    resolve_root,
+    train_test_leaks,
+    verify_image,
+    verify_images,
+)
+from brainmri.data.loaders import auto_workers
+from brainmri.engine import resolve_precision
+from brainmri.data.transforms import build_eval_transform
+from brainmri.errors import CheckpointError, DatasetError
+from brainmri.metrics import classification_metrics, reliability_bins, roc_curves
+from brainmri.models import build_model
+from brainmri.rundir import RunDir
+from brainmri.weights import load_state_dict_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainedModel:
+    """A model ready for inference and what it needs to see images as in training."""
+
+    model: nn.Module
+    cfg: Config
+    mean: list[float]
+    std: list[float]
+    weights: Path
+    run_dir: Optional[Path]  # None when only a weights file was given
+    precision: str = "no"  # autocast as in training, so evaluation reproduces results.json
+    class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.data.image_size
+
+    @property
+    def channels(self) -> int:
+        return self.cfg.data.channels
+
+    def transform(self):
+        return build_eval_transform(self.image_size, self.mean, self.std)
+
+
+def _weights_in_run(run: Path) -> Path:
+    best = RunDir(run).best_weights
+    if not best.is_file():
+        raise CheckpointError(f"{run} has no {best.name}: the run has not finished an epoch")
+    return best
+
+
+def _metadata(path: Path) -> dict:
+    if path.suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:
+        raise CheckpointError(f"cannot read {path} as safetensors: {str(e).splitlines()[0]}") from None
+
+
+def locate(run: Optional[str], checkpoint: Optional[str]) -> tuple[Optional[Path], Path]:
+    """(run directory or None, weights file) from ``run=`` and/or ``checkpoint=``.
+
+    ``checkpoint`` may be a weights file (``best.safetensors``, a ``.pth``) or a checkpoint
+    folder (``checkpoints/epoch_0007``); its run directory is found next to it when there.
+    """
+    if run is None and checkpoint is None:
+        raise CheckpointError("give run=RUN_DIR or checkpoint=FILE")
+    run_dir = Path(run).expanduser() if run else None
+    if run_dir is not None and not run_dir.is_dir():
+        raise CheckpointError(f"run directory not found: {run_dir}")
+    if checkpoint is None:
+        return run_dir, _weights_in_run(run_dir)  # type: ignore[arg-type]
+    weights = Path(checkpoint).expanduser()
+    if weights.is_dir():
+        inside = weights / "model.safetensors"
+        if not inside.is_file():
+            raise CheckpointError(f"{weights} holds no model.safetensors")
+        run_dir = run_dir or weights.parent.parent
+        weights = inside
+    elif not weights.is_file():
+        raise CheckpointError(f"checkpoint not found: {weights}")
+    if run_dir is None and (weights.parent / "config.yaml").is_file():
+        run_dir = weights.parent
+    return run_dir, weights
+
+
+def load_trained(run: Optional[str] = None, checkpoint: Optional[str] = None, device: Optional[torch.device] = None) -> TrainedModel:
+    """The trained model of a run (or of a weights file that carries its config), in eval mode."""
+    run_dir, weights = locate(run, checkpoint)
+    meta = _metadata(weights)
+    if run_dir is not None and RunDir(run_dir).config.is_file():
+        cfg = config_lib.config_from_yaml(RunDir(run_dir).config)
+        info = json.loads(RunDir(run_dir).dataset.read_text()) if RunDir(run_dir).dataset.is_file() else json.loads(meta.get("dataset", "{}"))
+    elif "config" in meta:
+        cfg = config_lib.merge_config(Config, [(str(weights), config_lib.OmegaConf.create(meta["config"]))])
+        info = json.loads(meta.get("dataset", "{}"))
+    else:
+        raise CheckpointError(f"{weights} carries no config and has no run directory beside it: give run=RUN_DIR too")
+    if "mean" not in info:
+        raise CheckpointError(f"no normalization statistics for {weights} (dataset.json missing)")
+    # Never fetch pretrained weights at evaluation: the trained weights replace them anyway.
+    model_cfg = dataclasses.replace(cfg.model, pretrained=False, pretrained_file=None)
+    model = build_model(model_cfg, cfg.in_chans, cfg.data.image_size, len(CLASS_NAMES))
+    state = load_state_dict_file(weights)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{weights} does not fit model {cfg.model.name}: {str(e).splitlines()[0]}") from None
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    precision = resolve_precision(cfg.train.mixed_precision)
+    if device.type == "cpu" and precision == "fp16":
+        precision = "no"  # fp16 autocast is a GPU feature; fp32 on the CPU
+    return TrainedModel(model, cfg, list(info["mean"]), list(info["std"]), weights, run_dir, precision)
+
+
+class _EvalDataset(Dataset):
+    def __init__(self, root: Path, samples: Sequence[Sample], channels: int, transform):
+        self.root, self.samples, self.channels, self.transform = root, list(samples), channels, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        return self.transform(load_image(self.root / self.samples[i].path, self.channels)), self.samples[i].label
+
+
+@torch.no_grad()
+def predict_probs(trained: TrainedModel, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """Class probabilities of a normalized batch; ``tta="hflip"`` averages image and mirror."""
+    device = next(trained.model.parameters()).device
+    x = images.to(device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(trained.precision)
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        probs = trained.model(x).float().softmax(dim=1)
+        if tta == "hflip":
+            probs = (probs + trained.model(x.flip(-1)).float().softmax(dim=1)) / 2
+    return probs.cpu()
+
+
+def predict_samples(
+    trained: TrainedModel, root: Path, samples: Sequence[Sample], tta: str = "none", batch_size: int = 64, workers: int = -1
+) -> torch.Tensor:
+    """(N, C) probabilities of the samples, in their order."""
+    workers = auto_workers(1) if workers < 0 else workers
+    loader = DataLoader(_EvalDataset(root, samples, trained.channels, trained.transform()), batch_size=batch_size, num_workers=workers)
+    return torch.cat([predict_probs(trained, x, tta) for x, _ in loader]) if samples else torch.zeros(0, len(CLASS_NAMES))
+
+
+def split_samples(trained: TrainedModel, data_root: Optional[str], split: str) -> DatasetSplits:
+    """The run's own split (``split.csv``), read against ``data_root`` or the run's data.root."""
+    if trained.run_dir is None or not RunDir(trained.run_dir).split.is_file():
+        raise CheckpointError("evaluating a split needs the run directory (its split.csv): give run=RUN_DIR")
+    root = resolve_root(data_root or trained.cfg.data.root)
+    has_test = find_split_dir(root, "test") is not None
+    splits = read_split(RunDir(trained.run_dir).split, root, has_test)
+    if split == "test" and not splits.test:
+        raise DatasetError(f"no test split for this run in {root} (no Testing/ folder)")
+    return splits
+
+
+def evaluate(trained: TrainedModel, splits: DatasetSplits, split: str, tta: str = "none", batch_size: int = 64) -> dict[str, Any]:
+    """Every metric of one split; on the test split, also without train/test leaks.
+
+    Returns ``{"metrics": ..., "probs": (N, C), "targets": (N,), "leaks": {...},
+    "leakage_free": metrics or None}``.
+    """
+    samples = splits.test if split == "test" else splits.val
+    assert samples is not None
+    missing = [s.path for s in samples if not (splits.root / s.path).is_file()]
+    if missing:
+        raise DatasetError(f"{len(missing)} image(s) of the {split} split are not in {splits.root}, e.g. {missing[0]}")
+    probs = predict_samples(trained, splits.root, samples, tta, batch_size)
+    targets = torch.tensor([s.label for s in samples])
+    logits = probs.clamp_min(1e-12).log()  # softmax(log p) = p: the metrics take logits
+    out: dict[str, Any] = {
+        "metrics": classification_metrics(logits, targets, trained.class_names, split),
+        "probs": probs,
+        "targets": targets,
+        "leaks": {},
+        "leakage_free": None,
+    }
+    if split == "test":
+        training = splits.train + splits.val
+        _, hashes = verify_images(splits.root, training + list(samples), auto_workers(1))
+        leaks = train_test_leaks(training, samples, hashes)
+        out["leaks"] = leaks
+        if leaks:
+            keep = torch.tensor([s.path not in leaks for s in samples])
+            out["leakage_free"] = classification_metrics(logits[keep], targets[keep], trained.class_names, split)
+            out["leakage_free"]["size"] = int(keep.sum())
+    return out
+
+
+def evaluation_figures(result: dict[str, Any], class_names: Sequence[str], figures_dir: Path, split: str) -> list[Path]:
+    """Confusion matrix, ROC curves and reliability diagram of one evaluation, as PNGs."""
+    from brainmri import figures
+
+    m = result["metrics"]
+    probs, targets = result["probs"], result["targets"]
+    paths = [figures_dir / f"eval_{split}_{name}.png" for name in ("confusion_matrix", "roc", "reliability")]
+    figures.save_figure(figures.confusion_matrix(m["confusion_matrix"], class_names, f"{split.capitalize()} confusion matrix"), paths[0])
+    aucs = [m["per_class"][c]["auroc"] for c in class_names]
+    figures.save_figure(figures.roc_curves(roc_curves(probs, targets, len(class_names)), aucs, class_names), paths[1])
+    figures.save_figure(figures.reliability_diagram(reliability_bins(probs, targets), m[f"{split}/ece"]), paths[2])
+    return paths
+
+
+def find_images(inputs: Sequence[str]) -> list[Path]:
+    """Image files named directly or found (recursively) in the folders named; sorted per folder."""
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise DatasetError(f"no such image or folder: {path}")
+    if not found:
+        raise DatasetError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {', '.join(inputs)}")
+    bad = {str(p): r for p in found for r, _ in [verify_image(p)] if r is not None}
+    if bad:
+        first = next(iter(bad))
+        raise DatasetError(f"{len(bad)} unreadable image(s), e.g. {first}: {bad[first]}")
+    return found

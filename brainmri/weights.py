@@ -1,0 +1,81 @@
+"""Loading weights and checkpoints without ever running pickled code.
+
+A ``.pth`` file is a pickle, and unpickling can run any Python it names: a checkpoint
+downloaded from a colleague or a forum must not be able to do that. Every place in
+brainmri that reads weights (resume, evaluate, predict, ``model.pretrained_file``) goes
+through this module: safetensors files are read as plain tensors, anything else through
+``torch.load(weights_only=True)``, whose unpickler refuses every callable outside a short
+allow-list (tensors, containers, numbers, numpy arrays for RNG states).
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from brainmri.errors import CheckpointError
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt")
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
+
+
+def _refuse(path: Path, error: BaseException) -> CheckpointError:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return CheckpointError(
+        f"refusing to load {path}: it is not a plain weights file (the safe unpickler stopped at: {reason}); "
+        "nothing in it was run. Use a .safetensors file or a state dict saved with torch.save"
+    )
+
+
+def safe_torch_load(path: Path) -> Any:
+    """``torch.load`` that only rebuilds tensors, containers, numbers and numpy arrays.
+
+    numpy's array reconstructors are allowed because Accelerate stores RNG states with them;
+    a pickle that names anything else (``os.system``, a class with ``__reduce__``) is refused
+    before it can run.
+    """
+    from accelerate.utils import load as accelerate_load  # weights_only=True plus numpy's safe globals
+
+    try:
+        return accelerate_load(str(path), map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError, EOFError) as e:
+        raise _refuse(path, e) from None
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A model state dict from ``.safetensors`` or a torch file, refusing pickled code.
+
+    Wrapped dicts that training libraries write (``{"state_dict": ...}``, ``{"model": ...}``)
+    are unwrapped.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as e:  # a truncated or foreign file: one line is enough
+            raise CheckpointError(f"cannot read {path} as safetensors: {str(e).splitlines()[0]}") from None
+    obj = safe_torch_load(path)
+    for key in _WRAPPER_KEYS:
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} holds no state dict of tensors")
+    return obj
+
+
+def verify_checkpoint_folder(folder: Path) -> None:
+    """Check every pickle in an Accelerate checkpoint folder with the safe unpickler.
+
+    Accelerate itself loads optimizer, sampler and RNG files with ``weights_only=True``;
+    checking first turns a planted file into one clear error before any state is touched.
+    """
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix in PICKLE_SUFFIXES:
+            safe_torch_load(path)

@@ -1,0 +1,113 @@
+"""Classify MRI slices with a trained model; optionally show where it looked (Grad-CAM).
+
+    python launch/predict.py run=runs/sartaj_gpu-20261126 scans/patient7/ scan.png
+    python launch/predict.py run=RUN_DIR scans/ --cam --out predictions/patient7
+    python launch/predict.py checkpoint=best.safetensors scan.jpg tta=hflip
+
+Writes OUT/predictions.csv (file, predicted class, confidence, one probability per class)
+and prints the same as a table; with --cam, OUT/cam/<image>_cam.png overlays the Grad-CAM
+heat map on each slice at its own resolution. OUT defaults to ./predictions.
+Exit codes: 0 done, 2 bad input (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+from typing import Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from brainmri.errors import BrainMRIError  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+USAGE = "usage: predict.py run=RUN_DIR|checkpoint=FILE IMAGE_OR_FOLDER ... [--cam] [--out DIR] [tta=hflip]"
+
+
+def parse(argv: Sequence[str]) -> tuple[list[str], list[str], bool, Path]:
+    """(key=value settings, images and folders, --cam, --out)."""
+    settings, inputs, cam, out = [], [], False, Path("predictions")
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg == "--cam":
+            cam = True
+        elif arg == "--out" or arg.startswith("--out="):
+            value = arg.split("=", 1)[1] if "=" in arg else (args.pop(0) if args else "")
+            if not value:
+                raise BrainMRIError("--out needs a folder")
+            out = Path(value)
+        elif arg.startswith("-"):
+            raise BrainMRIError(f"unknown option {arg}; {USAGE}")
+        elif "=" in arg.split("/", 1)[0] and not Path(arg).exists():
+            settings.append(arg)
+        else:
+            inputs.append(arg)
+    if not inputs:
+        raise BrainMRIError(f"no images given; {USAGE}")
+    return settings, inputs, cam, out
+
+
+def main(argv: Sequence[str]) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image
+    from rich.table import Table
+
+    from brainmri import cam as cam_lib
+    from brainmri import config as config_lib
+    from brainmri.console import console
+    from brainmri.data.datasets import load_image
+    from brainmri.evaluation import find_images, load_trained, predict_probs
+
+    try:
+        settings, inputs, want_cam, out = parse(argv)
+        cfg = config_lib.load_config(settings, REPO / "recipes", schema=config_lib.EvalConfig)
+        paths = find_images(inputs)  # every image is checked before the model is even loaded
+        trained = load_trained(cfg.run, cfg.checkpoint)
+        if want_cam and cam_lib.target_layer(trained.model) is None:
+            raise BrainMRIError(f"--cam needs a convolutional model; {trained.cfg.model.name} has none")
+        out.mkdir(parents=True, exist_ok=True)
+    except BrainMRIError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    transform = trained.transform()
+    device = next(trained.model.parameters()).device
+    names = trained.class_names
+    rows = []
+    cam_dir = out / "cam"
+    used: set[str] = set()
+    for start in range(0, len(paths), cfg.batch_size):
+        batch = paths[start : start + cfg.batch_size]
+        images = [load_image(p, trained.channels) for p in batch]
+        x = torch.stack([transform(im) for im in images])
+        probs = predict_probs(trained, x, cfg.tta)
+        preds = probs.argmax(dim=1)
+        maps = cam_lib.grad_cam(trained.model, x.to(device), preds.tolist()) if want_cam else None
+        for i, (path, image) in enumerate(zip(batch, images)):
+            rows.append((path, names[int(preds[i])], float(probs[i, preds[i]]), [float(p) for p in probs[i]]))
+            if maps is not None:
+                cam_dir.mkdir(parents=True, exist_ok=True)
+                stem = path.stem if path.stem not in used else f"{path.parent.name}_{path.stem}"
+                used.add(stem)
+                overlay = cam_lib.overlay(np.asarray(image.convert("RGB")), maps[i])
+                Image.fromarray(overlay).save(cam_dir / f"{stem}_cam.png")
+    csv_path = out / "predictions.csv"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "predicted", "confidence", *[f"p_{n}" for n in names]])
+        for path, pred, conf, probs_row in rows:
+            writer.writerow([str(path), pred, f"{conf:.4f}", *[f"{p:.4f}" for p in probs_row]])
+    table = Table(title=f"{len(rows)} image(s), {trained.cfg.model.name} ({trained.weights})")
+    for column in ("file", "predicted", "confidence", *names):
+        table.add_column(column, justify="left" if column in ("file", "predicted") else "right")
+    for path, pred, conf, probs_row in rows:
+        table.add_row(str(path), f"[bold]{pred}", f"{conf:.1%}", *[f"{p:.3f}" for p in probs_row])
+    console.print(table)
+    console.print(f"wrote {csv_path}" + (f" and {len(rows)} Grad-CAM overlay(s) in {cam_dir}" if want_cam else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

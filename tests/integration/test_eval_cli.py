@@ -1,0 +1,142 @@
+"""launch/evaluate.py, predict.py and audit.py run as users run them, on a run trained here."""
+
+from __future__ import annotations
+
+import csv
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, fast_overrides, make_dataset, python, run_script
+from tests.unit.test_weights import plant
+
+LAUNCH = REPO / "launch"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 2-epoch run on a tiny dataset with one test image copied from Training (a leak)."""
+    tmp = tmp_path_factory.mktemp("eval")
+    root = make_dataset(tmp / "data", train_per_class=6, test_per_class=3, size=48)
+    shutil.copy(root / "Training/glioma_tumor/image (0).jpg", root / "Testing/glioma_tumor/leak.jpg")
+    out = tmp / "run"
+    proc = run_script(python(str(LAUNCH / "train.py"), *fast_overrides(root, out, epochs=2)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root, out
+
+
+def test_training_results_hold_every_metric_and_a_gradcam_figure(trained):
+    root, out = trained
+    results = json.loads((out / "results.json").read_text())
+    for key in ("acc", "balanced_acc", "macro_f1", "weighted_f1", "auroc_macro", "ece", "loss"):
+        assert f"test/{key}" in results, key
+    assert set(results["per_class"]["glioma"]) == {"precision", "recall", "specificity", "f1", "auroc", "support"}
+    assert (out / "figures" / "gradcam.png").read_bytes()[:8] == PNG
+    assert (out / "test_leaks.tsv").read_text().splitlines()[1] == "Testing/glioma_tumor/leak.jpg\tTraining/glioma_tumor/image (0).jpg"
+    assert json.loads((out / "dataset.json").read_text())["train_test_leaks"] == 1
+
+
+def test_evaluate_writes_json_pngs_and_the_leakage_free_score(trained):
+    root, out = trained
+    proc = run_script(python(str(LAUNCH / "evaluate.py"), f"run={out}", "tta=hflip"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "eval_test.json").read_text())
+    results = json.loads((out / "results.json").read_text())
+    assert report["size"] == 13 and report["tta"] == "hflip"
+    assert report["train_test_leaks"] == 1 and report["leaked_files"] == ["Testing/glioma_tumor/leak.jpg"]
+    assert report["leakage_free"]["size"] == 12
+    assert sum(map(sum, report["confusion_matrix"])) == 13
+    assert sum(map(sum, report["leakage_free"]["confusion_matrix"])) == 12
+    for name in ("confusion_matrix", "roc", "reliability"):
+        assert (out / "figures" / f"eval_test_{name}.png").read_bytes()[:8] == PNG
+    assert "do not duplicate a Training image" in proc.stdout
+    # without TTA the same weights on the same split give results.json's numbers
+    proc = run_script(python(str(LAUNCH / "evaluate.py"), f"run={out}"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    plain = json.loads((out / "eval_test.json").read_text())
+    assert plain["test/acc"] == pytest.approx(results["test/acc"], abs=1e-6)
+    assert plain["confusion_matrix"] == results["confusion_matrix"]
+    proc = run_script(python(str(LAUNCH / "evaluate.py"), f"run={out}", "split=val", f"checkpoint={out / 'best.safetensors'}"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    val = json.loads((out / "eval_val.json").read_text())
+    assert val["size"] == 4 and val["leakage_free"] is None
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], "run=RUN_DIR or checkpoint=FILE"),
+    (["run=/nonexistent/run"], "run directory not found"),
+    (["splt=val", "run=x"], "did you mean 'split'"),
+    (["split=train", "run=x"], "split='train' is invalid"),
+])
+def test_evaluate_bad_input_is_one_line(args, message):
+    proc = run_script(python(str(LAUNCH / "evaluate.py"), *args))
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_evaluate_refuses_a_malicious_checkpoint(trained, tmp_path):
+    root, out = trained
+    marker = tmp_path / "pwned"
+    evil = plant(tmp_path / "evil.pth", marker)
+    proc = run_script(python(str(LAUNCH / "evaluate.py"), f"run={out}", f"checkpoint={evil}"))
+    assert proc.returncode == 2 and "refusing to load" in proc.stderr and "nothing in it was run" in proc.stderr
+    assert not marker.exists()
+
+
+def test_resume_refuses_a_planted_pickle_in_a_checkpoint(trained, tmp_path):
+    root, out = trained
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    marker = tmp_path / "pwned"
+    plant(copy / "checkpoints" / "epoch_0002" / "random_states_0.pkl", marker)
+    args = [a for a in fast_overrides(root, copy, epochs=3)] + ["resume=auto"]
+    proc = run_script(python(str(LAUNCH / "train.py"), *args))
+    assert proc.returncode == 2 and "refusing to load" in proc.stderr, proc.stderr[-2000:]
+    assert not marker.exists()
+    assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == ["epoch_0001", "epoch_0002"]  # nothing lost
+
+
+def test_predict_csv_table_and_gradcam_overlays(trained, tmp_path):
+    root, out = trained
+    pred = tmp_path / "pred"
+    proc = run_script(python(str(LAUNCH / "predict.py"), f"run={out}", str(root / "Testing" / "no_tumor"),
+                             str(root / "Training" / "glioma_tumor" / "image (1).jpg"), "--cam", "--out", str(pred)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(pred / "predictions.csv")))
+    assert len(rows) == 4
+    assert set(rows[0]) == {"file", "predicted", "confidence", "p_glioma", "p_meningioma", "p_notumor", "p_pituitary"}
+    for row in rows:
+        probs = [float(row[f"p_{c}"]) for c in ("glioma", "meningioma", "notumor", "pituitary")]
+        assert sum(probs) == pytest.approx(1.0, abs=2e-3) and row["predicted"] in ("glioma", "meningioma", "notumor", "pituitary")
+    cams = sorted(p.name for p in (pred / "cam").iterdir())
+    assert len(cams) == 4 and all(c.endswith("_cam.png") for c in cams)
+    from PIL import Image
+
+    assert Image.open(pred / "cam" / cams[0]).size == (48, 48)  # the slice's own resolution
+
+
+def test_predict_bad_input_names_the_culprit(trained, tmp_path):
+    root, out = trained
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    proc = run_script(python(str(LAUNCH / "predict.py"), f"run={out}", str(broken)))
+    assert proc.returncode == 2 and "broken.jpg" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = run_script(python(str(LAUNCH / "predict.py"), f"run={out}", str(tmp_path / "missing")))
+    assert proc.returncode == 2 and "no such image or folder" in proc.stderr
+
+
+def test_audit_cli_writes_json_outside_the_dataset(trained, tmp_path):
+    root, _ = trained
+    proc = run_script(python(str(LAUNCH / "audit.py"), f"data.root={root}", "--out", str(tmp_path / "report")))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "report" / "audit.json").read_text())
+    assert ["Testing/glioma_tumor/leak.jpg", "Training/glioma_tumor/image (0).jpg"] in report["exact_groups"]
+    assert "near_groups" in report and report["summary"]["test_images_byte_identical_to_training"] == 1
+    assert "Training/Testing leakage" in proc.stdout
+    proc = run_script(python(str(LAUNCH / "audit.py"), f"data.root={root}", "--out", str(root / "reports")))
+    assert proc.returncode == 2 and "never writes into data.root" in proc.stderr and not (root / "reports").exists()
+    proc = run_script(python(str(LAUNCH / "audit.py"), "data.root=/nonexistent"))
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
