@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import pickle
 import shutil
-from pathlib import Path
 
 import pytest
 
