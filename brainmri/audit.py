@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-from PIL import Image
 
-from brainmri.data.datasets import CLASS_NAMES, find_split_dir, list_images, pixel_hash, verify_image
+from brainmri.data.datasets import CLASS_NAMES, find_split_dir, list_images, open_verified, pixel_hash
 from brainmri.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -45,16 +44,18 @@ def _inspect(root: Path, record: ImageRecord) -> ImageRecord:
     import imagehash
 
     path = root / record.path
-    error, _ = verify_image(path)
-    if error:
+    error, image = open_verified(path)
+    if image is None:
         record.error = error
         return record
+    record.size, record.mode = image.size, image.mode
     record.file_hash = hashlib.sha256(path.read_bytes()).hexdigest()
-    with Image.open(path) as im:
-        record.size, record.mode = im.size, im.mode
-        im.load()
-        record.pixel_hash = pixel_hash(im)
-        record.phash = int(str(imagehash.phash(im.convert("L"))), 16)
+    try:
+        record.pixel_hash = pixel_hash(image)
+    except (OSError, ValueError) as e:
+        record.error = f"unsupported image mode {image.mode}: {e}"
+        return record
+    record.phash = int(str(imagehash.phash(image.convert("L"))), 16)
     return record
 
 

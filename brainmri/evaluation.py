@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from brainmri import config as config_lib
 from brainmri.config import Config
@@ -26,9 +26,9 @@ from brainmri.data.datasets import (
     CLASS_NAMES,
     IMAGE_EXTENSIONS,
     DatasetSplits,
+    ImageDataset,
     Sample,
     find_split_dir,
-    load_image,
     read_split,
     resolve_root,
     train_test_leaks,
@@ -148,17 +148,6 @@ def load_trained(run: Optional[str] = None, checkpoint: Optional[str] = None, de
     return TrainedModel(model, cfg, list(info["mean"]), list(info["std"]), weights, run_dir, precision)
 
 
-class _EvalDataset(Dataset):
-    def __init__(self, root: Path, samples: Sequence[Sample], channels: int, transform):
-        self.root, self.samples, self.channels, self.transform = root, list(samples), channels, transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int):
-        return self.transform(load_image(self.root / self.samples[i].path, self.channels)), self.samples[i].label
-
-
 @torch.no_grad()
 def predict_probs(trained: TrainedModel, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
     """Class probabilities of a normalized batch; ``tta="hflip"`` averages image and mirror."""
@@ -177,7 +166,7 @@ def predict_samples(
 ) -> torch.Tensor:
     """(N, C) probabilities of the samples, in their order."""
     workers = auto_workers(1) if workers < 0 else workers
-    loader = DataLoader(_EvalDataset(root, samples, trained.channels, trained.transform()), batch_size=batch_size, num_workers=workers)
+    loader = DataLoader(ImageDataset(root, samples, trained.channels, trained.transform()), batch_size=batch_size, num_workers=workers)
     return torch.cat([predict_probs(trained, x, tta) for x, _ in loader]) if samples else torch.zeros(0, len(CLASS_NAMES))
 
 
@@ -191,6 +180,19 @@ def split_samples(trained: TrainedModel, data_root: Optional[str], split: str) -
     if split == "test" and not splits.test:
         raise DatasetError(f"no test split for this run in {root} (no Testing/ folder)")
     return splits
+
+
+def recorded_leaks(trained: TrainedModel, samples: Sequence[Sample]) -> Optional[dict[str, str]]:
+    """The train/test leaks the training scan found (``test_leaks.tsv``), limited to ``samples``;
+    None when the run predates that record."""
+    run = RunDir(trained.run_dir) if trained.run_dir is not None else None
+    if run is None or not run.dataset.is_file() or "train_test_leaks" not in json.loads(run.dataset.read_text()):
+        return None
+    if not run.leaks.is_file():
+        return {}
+    rows = [line.split("\t") for line in run.leaks.read_text().splitlines()[1:] if line.strip()]
+    wanted = {s.path for s in samples}
+    return {test: train for test, train in rows if test in wanted}
 
 
 def evaluate(trained: TrainedModel, splits: DatasetSplits, split: str, tta: str = "none", batch_size: int = 64) -> dict[str, Any]:
@@ -215,9 +217,11 @@ def evaluate(trained: TrainedModel, splits: DatasetSplits, split: str, tta: str 
         "leakage_free": None,
     }
     if split == "test":
-        training = splits.train + splits.val
-        _, hashes = verify_images(splits.root, training + list(samples), auto_workers(1))
-        leaks = train_test_leaks(training, samples, hashes)
+        leaks = recorded_leaks(trained, samples)
+        if leaks is None:  # a run from before leaks were recorded: find them now
+            training = splits.train + splits.val
+            _, hashes = verify_images(splits.root, training + list(samples), auto_workers(1))
+            leaks = train_test_leaks(training, samples, hashes)
         out["leaks"] = leaks
         if leaks:
             keep = torch.tensor([s.path not in leaks for s in samples])

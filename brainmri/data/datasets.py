@@ -150,8 +150,8 @@ def pixel_hash(image: Image.Image) -> str:
     return hashlib.sha1(f"{rgb.width}x{rgb.height}|".encode() + rgb.tobytes()).hexdigest()
 
 
-def verify_image(path: Path) -> tuple[Optional[str], Optional[str]]:
-    """(why ``path`` cannot be trained on, None) or (None, its :func:`pixel_hash`)."""
+def open_verified(path: Path) -> tuple[Optional[str], Optional[Image.Image]]:
+    """(why ``path`` cannot be trained on, None) or (None, the fully decoded image)."""
     try:
         if path.stat().st_size == 0:
             return "empty file (0 bytes)", None
@@ -159,7 +159,7 @@ def verify_image(path: Path) -> tuple[Optional[str], Optional[str]]:
             im.load()
             if im.width < 1 or im.height < 1:
                 return f"degenerate size {im.size}", None
-            return None, pixel_hash(im)
+            return None, im.copy()
     except UnidentifiedImageError:
         return "not an image (unknown format)", None
     except OSError as e:
@@ -167,6 +167,17 @@ def verify_image(path: Path) -> tuple[Optional[str], Optional[str]]:
         return (f"truncated or corrupt: {text}" if "truncat" in text.lower() else f"unreadable: {text}"), None
     except (SyntaxError, ValueError, Image.DecompressionBombError) as e:
         return f"corrupt: {e}", None
+
+
+def verify_image(path: Path) -> tuple[Optional[str], Optional[str]]:
+    """(why ``path`` cannot be trained on, None) or (None, its :func:`pixel_hash`)."""
+    reason, image = open_verified(path)
+    if image is None:
+        return reason, None
+    try:
+        return None, pixel_hash(image)
+    except (OSError, ValueError) as e:  # a mode PIL cannot convert
+        return f"unsupported image mode {image.mode}: {e}", None
 
 
 def verify_images(root: Path, samples: Sequence[Sample], workers: int) -> tuple[dict[str, str], dict[str, str]]:
