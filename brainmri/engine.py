@@ -40,6 +40,7 @@ from brainmri.data.datasets import (
     CLASS_NAMES,
     DatasetSplits,
     ImageDataset,
+    Sample,
     class_counts,
     find_split_dir,
     load_image,
@@ -146,6 +147,11 @@ def distributed_state():
 
 def default_output_dir(recipe: Optional[str]) -> Path:
     return Path("runs") / f"{recipe or 'run'}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def first_per_class(samples: list[Sample], k: int) -> list[Sample]:
+    """The first ``k`` samples of each class, in class order: a fixed set for figures."""
+    return [s for label in range(len(CLASS_NAMES)) for s in [x for x in samples if x.label == label][:k]]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -340,7 +346,7 @@ class Trainer:
         self.tracker.log_figure("data/class_distribution", path)
         self.tracker.log_class_distribution(counts, self.class_names)
         k = self.cfg.tracking.samples_per_class
-        chosen = [s for label in range(len(self.class_names)) for s in [x for x in self.splits.train if x.label == label][:k]]
+        chosen = first_per_class(self.splits.train, k)
         plain = unnormalized_transform(self.cfg.data.image_size)
         mean, std = self.dataset_info["mean"], self.dataset_info["std"]
         augment = build_train_transform(resolve_augment(self.cfg.augment), self.cfg.data.image_size, mean, std)
@@ -706,7 +712,7 @@ class Trainer:
         # Without Accelerate's autocast wrapper: Grad-CAM reads activations as fp32 numpy arrays.
         model = self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False, keep_torch_compile=False)
         k = self.cfg.tracking.samples_per_class
-        chosen = [s for label in range(len(self.class_names)) for s in [x for x in self.splits.val if x.label == label][:k]]
+        chosen = first_per_class(self.splits.val, k)
         if not chosen or cam.target_layer(model) is None:
             log.info("no Grad-CAM figure: %s", "no validation images" if not chosen else "the model has no conv layer")
             return
