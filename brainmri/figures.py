@@ -36,6 +36,14 @@ def _names(class_names: Sequence[str]) -> list[str]:
     return [DISPLAY_NAMES.get(c, c) for c in class_names]
 
 
+def _bare(ax) -> None:
+    """An image cell: no ticks, no frame."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
 def save_figure(fig: Figure, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
@@ -93,10 +101,7 @@ def augmentation_grid(
         for r, label in enumerate(rows):
             for c in range(cols):
                 ax = axes[r][c]
-                ax.set_xticks([])
-                ax.set_yticks([])
-                for spine in ax.spines.values():
-                    spine.set_visible(False)
+                _bare(ax)
                 k, is_aug = divmod(c, 2)
                 if k >= len(by_class[label]):
                     continue
@@ -230,10 +235,7 @@ def cam_grid(tiles: Sequence, class_names: Sequence[str], title: str = "Grad-CAM
         for r, label in enumerate(rows):
             for c in range(cols * 2):
                 ax = axes[r][c]
-                ax.set_xticks([])
-                ax.set_yticks([])
-                for spine in ax.spines.values():
-                    spine.set_visible(False)
+                _bare(ax)
                 k, is_cam = divmod(c, 2)
                 if k >= len(by_class[label]):
                     continue
