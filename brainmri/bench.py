@@ -3,7 +3,8 @@
 ``model_img_s`` is the bound: training steps on one batch already on the device.
 ``pipeline_img_s`` is the input alone: read or decode, augment, collate, transfer.
 ``train_img_s`` is real training steps end to end. A pipeline keeps up when
-``train_img_s / model_img_s`` is close to 1.
+``train_img_s / model_img_s`` is close to 1; the two are measured in alternating windows
+so that drift in the machine's speed cancels out of the ratio.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from brainmri.config import Config
 from brainmri.data.datasets import DatasetSplits, resolve_root, scan_dataset
-from brainmri.data.loaders import auto_workers, build_loaders
+from brainmri.data.loaders import Loaders, auto_workers, build_loaders
 from brainmri.data.transforms import fixed_normalization, resolve_augment
 from brainmri.engine import build_optimizer, resolve_precision
 from brainmri.models import build_model
@@ -66,16 +67,27 @@ class _Step:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def _rate(batches: Iterator[int], warmup: int, steps: int, device: torch.device) -> float:
-    """Images per second over ``steps`` batches after ``warmup`` batches."""
-    for _ in range(warmup):
+def _timed(batches: Iterator[int], skip: int, steps: int, device: torch.device) -> tuple[int, float]:
+    """(images, seconds) over ``steps`` batches after skipping ``skip``."""
+    for _ in range(skip):
         next(batches)
     _sync(device)
     start, images = time.perf_counter(), 0
     for _ in range(steps):
         images += next(batches)
     _sync(device)
-    return images / (time.perf_counter() - start)
+    return images, time.perf_counter() - start
+
+
+def _rate(batches: Iterator[int], warmup: int, steps: int, device: torch.device) -> float:
+    """Images per second over ``steps`` batches after ``warmup`` batches."""
+    images, seconds = _timed(batches, warmup, steps, device)
+    return images / seconds
+
+
+def _prefetched(loader: DataLoader) -> int:
+    """Batches the loader's workers can have ready before they are asked: free at a window's start."""
+    return loader.num_workers * (loader.prefetch_factor or 0) if loader.num_workers > 0 else 0
 
 
 def _loader_batches(loader: DataLoader, device: torch.device, transform: Optional[nn.Module]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -87,14 +99,14 @@ def _loader_batches(loader: DataLoader, device: torch.device, transform: Optiona
         yield (transform(images) if transform is not None else images), targets
 
 
-def _loader(cfg: Config, splits: DatasetSplits, pipeline: str, cache_dir: Path, mean, std) -> tuple[DataLoader, Optional[nn.Module], float]:
-    """The training loader exactly as the Trainer builds it (same workers, cache, transforms)."""
+def _loaders(cfg: Config, splits: DatasetSplits, pipeline: str, cache_dir: Path, mean, std, device: torch.device) -> Loaders:
+    """The loaders exactly as the Trainer builds them (same workers, cache, placement, transforms)."""
     data = dataclasses.replace(cfg.data, pipeline=pipeline, cache_dir=str(cache_dir))
     # The cache covers every split, as in training, so its build time is the one training pays.
-    loaders = build_loaders(splits, data, cfg.augment, cfg.train.batch_size, mean, std, drop_last_train=True)
-    transform = loaders.train_batch_transform
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return loaders.train, transform.to(device) if transform is not None else None, loaders.cache_build_seconds
+    loaders = build_loaders(splits, data, cfg.augment, cfg.train.batch_size, mean, std, drop_last_train=True, device=device)
+    if loaders.train_batch_transform is not None:
+        loaders.train_batch_transform.to(device)
+    return loaders
 
 
 def run_benchmark(
@@ -102,9 +114,17 @@ def run_benchmark(
     pipelines: tuple[str, ...] = ("cached", "pil"),
     warmup: int = 2,
     steps: int = 8,
+    rounds: int = 2,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Measure every pipeline on ``cfg`` (model, precision, batch size, image size)."""
+    """Measure every pipeline on ``cfg`` (model, precision, batch size, image size).
+
+    For each pipeline, windows of ``steps`` model-only steps and ``steps`` training steps
+    alternate ``rounds`` times and the ratio pools them. A machine's speed drifts by a few
+    per cent over minutes (turbo, neighbours on a shared node); measured one after the other,
+    that drift would land in the ratio, while alternating windows see the same machine.
+    Batches the loader's workers prefetched during a model window are skipped, not counted.
+    """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     root = resolve_root(cfg.data.root)
     splits = scan_dataset(root, cfg.data.val_fraction, cfg.seed, "skip", workers=auto_workers(1))
@@ -121,7 +141,8 @@ def run_benchmark(
             yield b
 
     log(f"model step: {cfg.model.name} {b}x{c}x{s}x{s} {step.precision} on {device}")
-    model_img_s = _rate(model_only(), warmup, steps, device)
+    model = model_only()
+    _timed(model, warmup, 0, device)
     out: dict = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "precision": step.precision,
@@ -131,23 +152,31 @@ def run_benchmark(
         "channels_last": cfg.train.channels_last,
         "train_images": len(splits.train),
         "torch": torch.__version__,
+        "steps": steps,
+        "rounds": rounds,
     }
     scratch = Path(tempfile.mkdtemp(prefix="brainmri-bench-", dir=cfg.data.cache_dir))  # a fresh cache: build time counts
     try:
         for pipeline in pipelines:
-            loader, transform, build_s = _loader(cfg, splits, pipeline, scratch, mean, std)
+            loaders = _loaders(cfg, splits, pipeline, scratch, mean, std, device)
+            transform = loaders.train_batch_transform
             log(f"{pipeline}: input pipeline")
-            batches = _loader_batches(loader, device, transform)
-            pipeline_img_s = _rate((len(t) for _, t in batches), warmup, steps, device)
-            log(f"{pipeline}: training steps")
-            batches = _loader_batches(loader, device, transform)
+            pipeline_img_s = _rate((len(t) for _, t in _loader_batches(loaders.train, device, transform)), warmup, steps, device)
 
-            def train() -> Iterator[int]:
+            def train(batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[int]:
                 for images, targets in batches:
                     step(images, targets)
                     yield len(targets)
 
-            train_img_s = _rate(train(), warmup, steps, device)
+            trained = train(_loader_batches(loaders.train, device, transform))
+            model_n = model_s = train_n = train_s = 0.0
+            for r in range(rounds):
+                log(f"{pipeline}: round {r + 1}/{rounds}: model steps, then training steps")
+                n, t = _timed(model, 0, steps, device)
+                model_n, model_s = model_n + n, model_s + t
+                n, t = _timed(trained, warmup if r == 0 else _prefetched(loaders.train), steps, device)
+                train_n, train_s = train_n + n, train_s + t
+            model_img_s, train_img_s = model_n / model_s, train_n / train_s
             out[pipeline] = {
                 "pipeline_img_s": round(pipeline_img_s, 2),
                 "model_img_s": round(model_img_s, 2),
@@ -155,14 +184,10 @@ def run_benchmark(
                 "ratio": round(train_img_s / model_img_s, 3),
             }
             if pipeline == "cached":
-                out["cache_build_s"] = round(build_s, 2)
-            del loader, batches
-        # Measured again at the end, and the faster of the two kept: a warm model makes the
-        # ratio conservative rather than flattering.
-        model_img_s = max(model_img_s, _rate(model_only(), 1, steps, device))
-        for pipeline in pipelines:
-            out[pipeline]["model_img_s"] = round(model_img_s, 2)
-            out[pipeline]["ratio"] = round(out[pipeline]["train_img_s"] / model_img_s, 3)
+                out["cache_build_s"] = round(loaders.cache_build_seconds, 2)
+                out["cache_on_device"] = loaders.cache_on_device
+                out["cache_upload_s"] = round(loaders.cache_upload_seconds, 2)
+            del loaders, transform, trained  # workers and the device copy of the cache go now
         if "pil" in out:
             out["pil_epoch_s"] = round(len(splits.train) / out["pil"]["train_img_s"], 1)
     finally:

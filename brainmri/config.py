@@ -41,10 +41,12 @@ class DataConfig:
     num_workers: int = -1  # -1: from the CPUs this process may use
     pipeline: str = "cached"  # cached: decode once, augment batches on the device; pil: decode + transform every image every epoch
     cache_dir: Optional[str] = None  # cached pipeline; None: node-local scratch (set by the launcher)
+    cache_location: str = "auto"  # device: whole cache on the training device, one gather per batch; host: loader workers copy rows; auto: device if it fits in 1/4 of free GPU memory
     dedup: str = "none"  # train_test: drop test images whose pixels equal a Training image's (leakage)
 
     def __post_init__(self) -> None:
         _choice("data.pipeline", self.pipeline, ("pil", "cached"))
+        _choice("data.cache_location", self.cache_location, ("auto", "device", "host"))
         _check(self.image_size >= 16, "data.image_size", "an integer >= 16", self.image_size)
         _choice("data.channels", self.channels, (1, 3))
         _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "a fraction in (0, 1)", self.val_fraction)

@@ -248,10 +248,12 @@ class Trainer:
         """
         if self.stop_event is None:
             return
-        flag = torch.tensor([1.0 if self.stop_event.is_set() else 0.0], device=self.accelerator.device)
-        if self.accelerator.num_processes > 1:
-            flag = self.accelerator.reduce(flag, reduction="sum")
-        if float(flag) > 0:
+        if self.accelerator.num_processes == 1:
+            stop = self.stop_event.is_set()  # no device tensor: reading one back would stall a GPU every step
+        else:
+            flag = torch.tensor([1.0 if self.stop_event.is_set() else 0.0], device=self.accelerator.device)
+            stop = float(self.accelerator.reduce(flag, reduction="sum")) > 0
+        if stop:
             raise TrainingInterrupted(f"stop requested; resume continues after epoch {self.state.epoch}")
 
     # ------------------------------------------------------------------ setup
@@ -394,6 +396,7 @@ class Trainer:
         loaders = build_loaders(
             self.splits, cfg.data, cfg.augment, cfg.train.batch_size,
             self.dataset_info["mean"], self.dataset_info["std"], num_local_processes=local,
+            device=self.accelerator.device,
         )
         self.train_loader, self.val_loader, self.test_loader = loaders.train, loaders.val, loaders.test
         self.train_batch_transform = loaders.train_batch_transform
@@ -513,12 +516,20 @@ class Trainer:
                 targets_all.append(targets)
                 losses_all.append(per_sample.detach())
                 seen += len(targets) * acc.num_processes
+                # Reading the loss waits for the device, so it happens only every log_every
+                # steps: a read per step would stall the GPU's queue once per step.
+                log_now = acc.sync_gradients and self.state.step % cfg.tracking.log_every == 0
+                first = seen == len(targets) * acc.num_processes  # so the bar never shows "nan"
+                shown_loss = loss.item() if (log_now and (progress or self.tracker.enabled)) or (first and progress) else None
                 if progress:
-                    progress.update(task, advance=1, loss=loss.item(), ips=seen / (time.perf_counter() - start))
-                if acc.sync_gradients and self.state.step % cfg.tracking.log_every == 0 and self.tracker.enabled:
+                    fields = {"ips": seen / (time.perf_counter() - start)}
+                    if shown_loss is not None:
+                        fields["loss"] = shown_loss
+                    progress.update(task, advance=1, **fields)
+                if log_now and self.tracker.enabled:
                     self.tracker.log({
                         "step": self.state.step,
-                        "step/train_loss": loss.item(),
+                        "step/train_loss": shown_loss,
                         "step/lr": self.optimizer.param_groups[0]["lr"],
                         "step/throughput": seen / (time.perf_counter() - start),
                     })

@@ -26,6 +26,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
@@ -64,7 +65,8 @@ class ImageCache:
 
 def _open(array_path: Path, index_path: Path) -> ImageCache:
     paths = json.loads(index_path.read_text())["paths"]
-    array = np.load(array_path, mmap_mode="r")
+    # Copy-on-write mapping: shared pages like "r", but torch can wrap it without a copy.
+    array = np.load(array_path, mmap_mode="c")
     if array.shape[0] != len(paths):
         raise OSError(f"cache {array_path} has {array.shape[0]} rows for {len(paths)} files")
     return ImageCache(array_path, array, {p: i for i, p in enumerate(paths)})
@@ -118,3 +120,53 @@ class CachedDataset(Dataset):
 
     def __getitem__(self, index: int):
         return torch.from_numpy(np.array(self.cache.array[self.rows[index]])), self.labels[index]
+
+
+def resident_fits(nbytes: int, device: torch.device, fraction: float = 0.25) -> bool:
+    """Whether a cache of ``nbytes`` should live on ``device``.
+
+    On a CPU it always does: the "device" is the page cache the memmap already uses. On a
+    GPU it does when it takes at most ``fraction`` of the memory free now, which leaves the
+    rest for activations (ResNet18 at 512 px, batch 32, needs about 10 GB).
+    """
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= fraction * free
+
+
+class ResidentCache(nn.Module):
+    """The whole cache as one uint8 tensor on the training device; row numbers in, images out.
+
+    Each batch is then one ``index_select`` where the model runs: no DataLoader workers,
+    no pinned staging copy, no host-to-device transfer per step. On a GPU this is what keeps
+    a launch-bound step (ResNet18 at 224 px takes about 7 ms) from waiting on the host. On
+    a CPU the tensor wraps the memmap, so nothing is copied and processes on a node share
+    the pages.
+    """
+
+    def __init__(self, cache: ImageCache, device: torch.device):
+        super().__init__()
+        start = time.perf_counter()
+        images = torch.from_numpy(cache.array)
+        # A plain attribute, not a buffer: moving the batch transforms with ``.to(device)``
+        # must neither copy the cache again nor pull it back to the host.
+        self.images = images if device.type == "cpu" else images.to(device)
+        self.upload_seconds = time.perf_counter() - start
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.images.index_select(0, rows.to(self.images.device))
+
+
+class CachedRows(Dataset):
+    """(row, label) pairs for a :class:`ResidentCache`: the images never pass through the DataLoader."""
+
+    def __init__(self, cache: ImageCache, samples: Sequence[Sample]):
+        self.rows = [cache.rows[s.path] for s in samples]
+        self.labels = [s.label for s in samples]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int):
+        return self.rows[index], self.labels[index]

@@ -3,6 +3,8 @@
 ``pil``: every image is decoded and transformed by DataLoader workers every epoch.
 ``cached``: images come as uint8 from the decoded-image cache and are augmented as whole
 batches on the training device by :class:`~brainmri.data.batch_augment.BatchAugment`.
+With the cache resident on the device (``data.cache_location``), the loaders carry only
+row numbers and the batch transform gathers the images where the model runs.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from brainmri.config import AugmentConfig, DataConfig
 from brainmri.data.batch_augment import BatchAugment
-from brainmri.data.cache import CachedDataset, open_or_build
+from brainmri.data.cache import CachedDataset, CachedRows, ResidentCache, open_or_build, resident_fits
 from brainmri.data.datasets import DatasetSplits, ImageDataset, Sample
 from brainmri.data.transforms import build_eval_transform, build_train_transform, resolve_augment
 
@@ -79,6 +81,8 @@ class Loaders:
     train_batch_transform: Optional[nn.Module]  # None: the pil pipeline transformed each image already
     eval_batch_transform: Optional[nn.Module]
     cache_build_seconds: float = 0.0
+    cache_on_device: bool = False  # items are row numbers; the batch transforms gather the images
+    cache_upload_seconds: float = 0.0
 
 
 def build_loaders(
@@ -90,33 +94,55 @@ def build_loaders(
     std: Sequence[float],
     num_local_processes: int = 1,
     drop_last_train: bool = False,
+    device: Optional[torch.device] = None,
 ) -> Loaders:
-    """Train, val and test loaders for ``data.pipeline``; every item is (image, label, index)."""
+    """Train, val and test loaders for ``data.pipeline``; every item is (image, label, index).
+
+    ``device`` is where training runs (default: the first GPU if any, else the CPU). With
+    the cache resident there, "image" is the cache row and the batch transforms, which
+    start with a :class:`ResidentCache`, turn it into pixels.
+    """
     on_gpu = torch.cuda.is_available()
+    device = device or torch.device("cuda" if on_gpu else "cpu")
     params = resolve_augment(augment)
     workers = pipeline_workers(data.num_workers, data.pipeline, on_gpu, num_local_processes)
     train_tf = eval_tf = None
     train_batch: Optional[nn.Module] = None
     eval_batch: Optional[nn.Module] = None
-    cache = None
+    cache = resident = None
     if data.pipeline == "cached":
         cache_dir = Path(data.cache_dir or Path.home() / ".cache" / "brainmri").expanduser()
         everything = splits.train + splits.val + (splits.test or [])
         cache = open_or_build(splits.root, everything, data.image_size, data.channels, cache_dir, auto_workers(1))
         train_batch = BatchAugment(params, data.image_size, mean, std, train=True)
         eval_batch = BatchAugment(params, data.image_size, mean, std, train=False)
+        location = data.cache_location
+        if location == "auto":
+            location = "device" if resident_fits(cache.array.nbytes, device) else "host"
+            if location == "host":
+                log.info("image cache (%.1f GB) kept on the host: too large for a quarter of %s's free memory", cache.array.nbytes / 1e9, device)
+        if location == "device":
+            resident = ResidentCache(cache, device)
+            train_batch, eval_batch = nn.Sequential(resident, train_batch), nn.Sequential(resident, eval_batch)
+            workers = 0  # an item is two integers
+            log.info("image cache resident on %s (%.2f GB, %.1f s)", device, cache.array.nbytes / 1e9, resident.upload_seconds)
     else:
         train_tf = build_train_transform(params, data.image_size, mean, std)
         eval_tf = build_eval_transform(data.image_size, mean, std)
 
     def loader(samples: Sequence[Sample], transform, train: bool) -> DataLoader:
-        dataset = CachedDataset(cache, samples) if cache is not None else ImageDataset(splits.root, samples, data.channels, transform)
+        if resident is not None:
+            dataset: Dataset = CachedRows(cache, samples)
+        elif cache is not None:
+            dataset = CachedDataset(cache, samples)
+        else:
+            dataset = ImageDataset(splits.root, samples, data.channels, transform)
         return DataLoader(
             IndexedDataset(dataset),
             batch_size=batch_size,
             shuffle=train,
             num_workers=workers,
-            pin_memory=on_gpu,
+            pin_memory=on_gpu and resident is None,
             persistent_workers=workers > 0,
             drop_last=train and drop_last_train,
         )
@@ -128,4 +154,6 @@ def build_loaders(
         train_batch_transform=train_batch,
         eval_batch_transform=eval_batch,
         cache_build_seconds=cache.build_seconds if cache is not None else 0.0,
+        cache_on_device=resident is not None,
+        cache_upload_seconds=resident.upload_seconds if resident is not None else 0.0,
     )

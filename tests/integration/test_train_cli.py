@@ -236,12 +236,14 @@ def test_masoud_layout_grayscale_cnn_study(tmp_path):
     assert json.loads((out / "results.json").read_text())["test/size"] == 8
 
 
-@pytest.mark.parametrize("pipeline", ["cached", "pil"])
+@pytest.mark.parametrize("pipeline", ["cached", "cached-host", "pil"])
 def test_both_pipelines_train(tmp_path, pipeline):
     root = make_dataset(tmp_path / "data", train_per_class=5, test_per_class=2, size=48)
     out = tmp_path / "run"
     args = [a for a in fast_overrides(root, out, epochs=2) if not a.startswith(("augment.", "data.cache_dir"))]
-    proc = run_script(python(TRAIN, *args, f"data.pipeline={pipeline}", f"data.cache_dir={tmp_path / 'cache'}",
+    location = "data.cache_location=host" if pipeline == "cached-host" else "data.cache_location=auto"
+    pipeline = pipeline.split("-")[0]
+    proc = run_script(python(TRAIN, *args, f"data.pipeline={pipeline}", f"data.cache_dir={tmp_path / 'cache'}", location,
                              "augment.preset=cnn_study", "train.channels_last=true"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((out / "results.json").read_text())["test/size"] == 8
@@ -249,7 +251,7 @@ def test_both_pipelines_train(tmp_path, pipeline):
 
 
 def test_bench_writes_json_with_positive_numbers(tmp_path):
-    proc = run_script(python(str(REPO / "launch" / "bench.py"), "recipe=demo", "--json", "--steps=2", "--warmup=1",
+    proc = run_script(python(str(REPO / "launch" / "bench.py"), "recipe=demo", "--json", "--steps=2", "--warmup=1", "--rounds=2",
                              "data.image_size=64", "train.batch_size=8", f"data.cache_dir={tmp_path}"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -259,5 +261,12 @@ def test_bench_writes_json_with_positive_numbers(tmp_path):
     from brainmri.engine import resolve_precision
 
     assert result["cache_build_s"] > 0 and result["peak_rss_mb"] > 0 and result["precision"] == resolve_precision("auto")
-    assert result["device"].startswith("cpu")
+    assert result["device"].startswith("cpu") and result["cache_on_device"] is True
+    assert result["steps"] == 2 and result["rounds"] == 2
     assert list(tmp_path.iterdir()) == []  # the benchmark's scratch cache is removed
+
+
+def test_bench_rejects_a_bad_count_in_one_line(tmp_path):
+    proc = run_script(python(str(REPO / "launch" / "bench.py"), "recipe=demo", "--steps=many", f"data.cache_dir={tmp_path}"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: --steps wants a whole number >= 1, got 'many'"]

@@ -172,3 +172,44 @@ def test_batch_rotation_matches_torchvision_range_and_direction():
     finally:
         batch_augment._uniform = original
     assert float(fixed_tv) == pytest.approx(float(fixed_ours), abs=3)
+
+
+def test_resident_cache_gives_the_same_batches_as_the_loader_copies(tmp_path):
+    """cache_location=device: the loaders carry row numbers, the batch transform gathers the
+    same pixels the host path copies, and moving the transform does not copy the cache."""
+    import dataclasses
+
+    from brainmri.config import DataConfig
+    from brainmri.data.datasets import DatasetSplits
+    from brainmri.data.loaders import build_loaders
+
+    root = make_dataset(tmp_path / "d", train_per_class=4, test_per_class=2, size=40)
+    train = list_images(root / "Training", root)
+    splits = DatasetSplits(root=root, train=train[:12], val=train[12:], test=list_images(root / "Testing", root), bad={})
+    data = DataConfig(root=str(root), image_size=32, cache_dir=str(tmp_path / "cache"), cache_location="host", num_workers=0)
+    cpu = torch.device("cpu")
+    host = build_loaders(splits, data, AugmentConfig(), 4, [0.5] * 3, [0.5] * 3, device=cpu)
+    device = build_loaders(splits, dataclasses.replace(data, cache_location="device"), AugmentConfig(), 4, [0.5] * 3, [0.5] * 3, device=cpu)
+    assert not host.cache_on_device and device.cache_on_device
+    assert device.train.num_workers == 0
+    resident = device.eval_batch_transform[0]
+    assert resident is device.train_batch_transform[0]  # one copy for train and eval
+    before = resident.images.data_ptr()
+    device.eval_batch_transform.to(cpu)
+    assert resident.images.data_ptr() == before
+    for (images, labels, index), (rows, labels2, index2) in zip(host.test, device.test):
+        assert rows.dtype == torch.int64 and rows.shape == (len(labels),)
+        assert torch.equal(index, index2) and torch.equal(labels, labels2)
+        assert torch.equal(host.eval_batch_transform(images), device.eval_batch_transform(rows))
+    rows, labels, _ = next(iter(device.train))
+    out = device.train_batch_transform(rows)
+    assert out.shape == (4, 3, 32, 32) and out.dtype == torch.float32
+
+
+def test_auto_location_keeps_a_cache_that_does_not_fit_on_the_host(monkeypatch):
+    from brainmri.data import cache as cache_lib
+
+    assert cache_lib.resident_fits(10**12, torch.device("cpu"))  # the page cache holds it on a CPU
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 * 2**30, 80 * 2**30))
+    assert cache_lib.resident_fits(2 * 2**30, torch.device("cuda", 0))
+    assert not cache_lib.resident_fits(3 * 2**30, torch.device("cuda", 0))
