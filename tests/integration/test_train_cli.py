@@ -270,3 +270,42 @@ def test_bench_rejects_a_bad_count_in_one_line(tmp_path):
     proc = run_script(python(str(REPO / "launch" / "bench.py"), "recipe=demo", "--steps=many", f"data.cache_dir={tmp_path}"))
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: --steps wants a whole number >= 1, got 'many'"]
+
+
+STOP_SCRIPT = """
+import sys, threading, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from launch import train
+from brainmri.engine import TrainingInterrupted
+
+out, stop = Path(sys.argv[2]), threading.Event()
+
+def request_stop_after_epoch_1():
+    while not (out / "checkpoints" / "epoch_0001").is_dir():
+        time.sleep(0.002)
+    stop.set()
+
+threading.Thread(target=request_stop_after_epoch_1, daemon=True).start()
+try:
+    train.main(sys.argv[3:], stop_event=stop)
+except TrainingInterrupted as e:
+    print("interrupted:", e)
+"""
+
+
+def test_single_process_stop_request_keeps_finished_epochs_and_resumes(tmp_path):
+    """What a one-task SLURM job does on USR2, without SLURM: the stop request ends training
+    at the next step, finished epochs stay, and resume=auto completes the run exactly once."""
+    root = make_dataset(tmp_path / "data", train_per_class=6, test_per_class=2, size=48)
+    out = tmp_path / "run"
+    args = fast_overrides(root, out, epochs=4)
+    proc = run_script([sys.executable, "-c", STOP_SCRIPT, str(REPO), str(out), *args])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "interrupted: stop requested" in proc.stdout
+    assert not (out / "results.json").exists()
+    stopped = [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")]
+    assert stopped in ([1], [1, 2])  # the request lands during epoch 2 or at its end
+    final = run_script(python(TRAIN, *args, "resume=auto"))
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4]
