@@ -142,7 +142,8 @@ def run_benchmark(
 
     log(f"model step: {cfg.model.name} {b}x{c}x{s}x{s} {step.precision} on {device}")
     model = model_only()
-    _timed(model, warmup, 0, device)
+    for _ in range(warmup):
+        next(model)
     out: dict = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "precision": step.precision,

@@ -520,7 +520,8 @@ class Trainer:
                 # steps: a read per step would stall the GPU's queue once per step.
                 log_now = acc.sync_gradients and self.state.step % cfg.tracking.log_every == 0
                 first = seen == len(targets) * acc.num_processes  # so the bar never shows "nan"
-                shown_loss = loss.item() if (log_now and (progress or self.tracker.enabled)) or (first and progress) else None
+                show = progress is not None and (log_now or first)
+                shown_loss = loss.item() if show or (log_now and self.tracker.enabled) else None
                 if progress:
                     fields = {"ips": seen / (time.perf_counter() - start)}
                     if shown_loss is not None:
