@@ -24,6 +24,7 @@ from brainmri.data.batch_augment import BatchAugment
 from brainmri.data.cache import CachedDataset, CachedRows, ResidentCache, open_or_build, resident_fits
 from brainmri.data.datasets import DatasetSplits, ImageDataset, Sample
 from brainmri.data.transforms import build_eval_transform, build_train_transform, resolve_augment
+from brainmri.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,12 @@ def build_loaders(
             location = "device" if resident_fits(cache.array.nbytes, device) else "host"
             if location == "host":
                 log.info("image cache (%.1f GB) kept on the host: too large for a quarter of %s's free memory", cache.array.nbytes / 1e9, device)
+        elif location == "device" and not resident_fits(cache.array.nbytes, device, fraction=1.0):
+            free = torch.cuda.mem_get_info(device)[0]
+            raise ConfigError(
+                f"data.cache_location=device: the image cache ({cache.array.nbytes / 1e9:.1f} GB) does not fit in "
+                f"{device}'s free memory ({free / 1e9:.1f} GB); use data.cache_location=host or auto"
+            )
         if location == "device":
             resident = ResidentCache(cache, device)
             train_batch, eval_batch = nn.Sequential(resident, train_batch), nn.Sequential(resident, eval_batch)

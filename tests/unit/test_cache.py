@@ -213,3 +213,22 @@ def test_auto_location_keeps_a_cache_that_does_not_fit_on_the_host(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 * 2**30, 80 * 2**30))
     assert cache_lib.resident_fits(2 * 2**30, torch.device("cuda", 0))
     assert not cache_lib.resident_fits(3 * 2**30, torch.device("cuda", 0))
+
+
+def test_explicit_device_location_that_does_not_fit_is_one_clear_error(tmp_path, monkeypatch):
+    """data.cache_location=device on a GPU too small for the cache: a config error naming the
+    key and the sizes, raised before anything is uploaded (auto would fall back to host)."""
+    from brainmri.config import DataConfig
+    from brainmri.data import cache as cache_lib
+    from brainmri.data.datasets import DatasetSplits
+    from brainmri.data.loaders import build_loaders
+    from brainmri.errors import ConfigError
+
+    root = make_dataset(tmp_path / "d", train_per_class=2, test_per_class=1, size=40)
+    train = list_images(root / "Training", root)
+    splits = DatasetSplits(root=root, train=train[:6], val=train[6:], test=None, bad={})
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000, 80 * 2**30))
+    monkeypatch.setattr(cache_lib.ResidentCache, "__init__", lambda *a: pytest.fail("uploaded a cache that cannot fit"))
+    data = DataConfig(root=str(root), image_size=32, cache_dir=str(tmp_path / "cache"), cache_location="device", num_workers=0)
+    with pytest.raises(ConfigError, match=r"data.cache_location=device: the image cache \(0.0 GB\) does not fit in cuda:0's free memory"):
+        build_loaders(splits, data, AugmentConfig(), 4, [0.5] * 3, [0.5] * 3, device=torch.device("cuda", 0))
