@@ -177,14 +177,22 @@ class TrackingConfig:
     log_every: int = 10  # optimizer steps between step-level logs (loss, lr, images/s)
     log_model: bool = False  # upload best.safetensors as a W&B artifact
     init_timeout: float = 90.0  # seconds to wait for W&B before falling back to offline
-    samples_per_class: int = 3  # images per class in the augmentation grid
 
     def __post_init__(self) -> None:
         _choice("tracking.wandb", self.wandb, ("auto", "online", "offline", "disabled"))
         _check(bool(self.project), "tracking.project", "a project name", self.project)
         _check(self.log_every >= 1, "tracking.log_every", "an integer >= 1", self.log_every)
         _check(self.init_timeout > 0, "tracking.init_timeout", "seconds > 0", self.init_timeout)
-        _check(1 <= self.samples_per_class <= 8, "tracking.samples_per_class", "an integer in [1, 8]", self.samples_per_class)
+
+
+@dataclass
+class FiguresConfig:
+    """The figures a run draws (PNG in ``figures/``, and in W&B when tracking is on)."""
+
+    samples_per_class: int = 3  # images per class in the augmentation and Grad-CAM grids
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.samples_per_class <= 8, "figures.samples_per_class", "an integer in [1, 8]", self.samples_per_class)
 
 
 @dataclass
@@ -245,6 +253,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    figures: FiguresConfig = field(default_factory=FiguresConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def __post_init__(self) -> None:
@@ -264,6 +273,16 @@ class Config:
 @dataclass
 class EvalDataConfig:
     root: Optional[str] = None  # None: the data.root the run was trained on
+
+
+@dataclass
+class AuditConfig:
+    """``launch/audit.py``: which dataset folder to audit."""
+
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.data.root is not None, "data.root", "the dataset folder (data.root=DIR)", self.data.root)
 
 
 @dataclass
@@ -288,18 +307,30 @@ class EvalConfig:
 # Loading
 
 
-def _flat_keys(node: Any, prefix: str = "") -> list[str]:
-    keys = []
-    for k, v in node.items():
-        full = f"{prefix}{k}"
-        keys.append(full)
-        if isinstance(v, (dict, DictConfig)):
-            keys.extend(_flat_keys(v, full + "."))
-    return keys
+def flat_dict(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 1}}`` to ``{"optim.lr": 1}``; an empty mapping stays a leaf."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, (dict, DictConfig)) and len(value) > 0:
+            out.update(flat_dict(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _with_sections(leaves: Sequence[str]) -> list[str]:
+    """Each leaf preceded by the sections above it: ``data``, ``data.root``; each key once.
+
+    A mistyped section (``trian.epochs``) is then reported as the section it is."""
+    keys: dict[str, None] = {}
+    for leaf in leaves:
+        parts = leaf.split(".")
+        keys.update({".".join(parts[: i + 1]): None for i in range(len(parts))})
+    return list(keys)
 
 
 def _schema_keys(schema: type) -> list[str]:
-    return _flat_keys(OmegaConf.structured(schema))
+    return _with_sections(list(flat_dict(OmegaConf.structured(schema))))
 
 
 def nearest_key(key: str, valid: Sequence[str]) -> Optional[str]:
@@ -385,7 +416,7 @@ def merge_config(schema: type, layers: Sequence[tuple[str, DictConfig | dict]]) 
     merged = OmegaConf.structured(schema)
     for source, layer in layers:
         node = layer if isinstance(layer, DictConfig) else OmegaConf.create(layer)
-        check_keys(_flat_keys(node), valid, source)
+        check_keys(_with_sections(list(flat_dict(node))), valid, source)
         try:
             merged = OmegaConf.merge(merged, node)
         except OmegaConfBaseException as e:
@@ -419,10 +450,20 @@ def _is_str_field(schema: type, dotted: str) -> bool:
     return False
 
 
-def load_config(args: Sequence[str], recipes_dir: Path, schema: type = Config) -> Any:
-    """Defaults, then ``recipe=NAME`` (from ``recipes_dir``), then the other overrides."""
+def load_config(args: Sequence[str], recipes_dir: Path, schema: type = Config, defaults: Optional[dict] = None) -> Any:
+    """Defaults, then ``recipe=NAME`` (from ``recipes_dir``), then the other overrides.
+
+    ``defaults`` (dotted keys) replace the schema's own defaults: the launcher's choices
+    that depend on where it runs (the node-local cache folder, say). Recipes and the
+    command line still override them, and the result is validated once, as a whole.
+    """
     overrides = parse_overrides(args)
     layers: list[tuple[str, DictConfig | dict]] = []
+    if defaults:
+        node = OmegaConf.create()
+        for key, value in defaults.items():
+            OmegaConf.update(node, key, value, force_add=True)
+        layers.append(("the launcher's defaults", node))
     recipe = overrides.pop("recipe", None)
     if recipe:
         path = find_recipe(recipe, recipes_dir)
@@ -448,21 +489,31 @@ def to_yaml(cfg: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def flat_dict(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"optim": {"lr": 1}}`` to ``{"optim.lr": 1}``."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(flat_dict(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def to_dict(cfg: Any) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg))  # type: ignore[return-value]
 
 
+# Keys renamed since runs were first written; saved configs are read under the new name.
+RENAMED = {"tracking.samples_per_class": "figures.samples_per_class"}
+
+
+def migrate(node: DictConfig) -> DictConfig:
+    """A saved config (``config.yaml``, weights metadata) brought up to today's keys."""
+    for old, new in RENAMED.items():
+        section, _, leaf = old.rpartition(".")
+        parent = OmegaConf.select(node, section) if section else node
+        if isinstance(parent, DictConfig) and leaf in parent:
+            value = parent[leaf]
+            del parent[leaf]
+            OmegaConf.update(node, new, value, force_add=True)
+    return node
+
+
 def config_from_yaml(path: Path, schema: type = Config) -> Any:
-    """Rebuild a config saved in a run directory."""
-    return merge_config(schema, [(str(path), load_yaml_mapping(path))])
+    """Rebuild a config saved in a run directory (written by this or an earlier version)."""
+    return merge_config(schema, [(str(path), migrate(load_yaml_mapping(path)))])
+
+
+def config_from_text(text: str, source: str, schema: type = Config) -> Any:
+    """Rebuild a config saved as YAML text (the metadata of ``best.safetensors``)."""
+    return merge_config(schema, [(source, migrate(OmegaConf.create(text)))])

@@ -36,11 +36,12 @@ from brainmri.data.datasets import (
     verify_images,
 )
 from brainmri.data.loaders import auto_workers
-from brainmri.engine import resolve_precision
+from brainmri.distributed import default_device, resolve_precision
 from brainmri.data.transforms import build_eval_transform
 from brainmri.errors import CheckpointError, DatasetError
 from brainmri.metrics import classification_metrics, reliability_bins, roc_curves
 from brainmri.models import build_model
+from brainmri.records import DatasetInfo
 from brainmri.rundir import RunDir
 from brainmri.weights import load_state_dict_file
 
@@ -70,6 +71,12 @@ class TrainedModel:
 
     def transform(self):
         return build_eval_transform(self.image_size, self.mean, self.std)
+
+    def run(self, purpose: str) -> RunDir:
+        """The run directory, for what needs more than the weights (its split.csv, say)."""
+        if self.run_dir is None or not RunDir(self.run_dir).split.is_file():
+            raise CheckpointError(f"{purpose} needs the run directory (its split.csv): give run=RUN_DIR")
+        return RunDir(self.run_dir)
 
 
 def _weights_in_run(run: Path) -> Path:
@@ -122,16 +129,18 @@ def load_trained(run: Optional[str] = None, checkpoint: Optional[str] = None, de
     """The trained model of a run (or of a weights file that carries its config), in eval mode."""
     run_dir, weights = locate(run, checkpoint)
     meta = _metadata(weights)
-    if run_dir is not None and RunDir(run_dir).config.is_file():
-        cfg = config_lib.config_from_yaml(RunDir(run_dir).config)
-        info = json.loads(RunDir(run_dir).dataset.read_text()) if RunDir(run_dir).dataset.is_file() else json.loads(meta.get("dataset", "{}"))
+    run_files = RunDir(run_dir) if run_dir is not None else None
+    if run_files is not None and run_files.config.is_file():
+        cfg = config_lib.config_from_yaml(run_files.config)
+        info = run_files.dataset.read_text() if run_files.dataset.is_file() else meta.get("dataset")
     elif "config" in meta:
-        cfg = config_lib.merge_config(Config, [(str(weights), config_lib.OmegaConf.create(meta["config"]))])
-        info = json.loads(meta.get("dataset", "{}"))
+        cfg = config_lib.config_from_text(meta["config"], str(weights))
+        info = meta.get("dataset")
     else:
         raise CheckpointError(f"{weights} carries no config and has no run directory beside it: give run=RUN_DIR too")
-    if "mean" not in info:
+    if not info or "mean" not in json.loads(info):
         raise CheckpointError(f"no normalization statistics for {weights} (dataset.json missing)")
+    stats = DatasetInfo.from_json(json.loads(info))
     # Never fetch pretrained weights at evaluation: the trained weights replace them anyway.
     model_cfg = dataclasses.replace(cfg.model, pretrained=False, pretrained_file=None)
     model = build_model(model_cfg, cfg.in_chans, cfg.data.image_size, len(CLASS_NAMES))
@@ -140,12 +149,10 @@ def load_trained(run: Optional[str] = None, checkpoint: Optional[str] = None, de
         model.load_state_dict(state)
     except RuntimeError as e:
         raise CheckpointError(f"{weights} does not fit model {cfg.model.name}: {str(e).splitlines()[0]}") from None
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     model.to(device).eval()
-    precision = resolve_precision(cfg.train.mixed_precision)
-    if device.type == "cpu" and precision == "fp16":
-        precision = "no"  # fp16 autocast is a GPU feature; fp32 on the CPU
-    return TrainedModel(model, cfg, list(info["mean"]), list(info["std"]), weights, run_dir, precision)
+    precision = resolve_precision(cfg.train.mixed_precision, device)
+    return TrainedModel(model, cfg, list(stats.mean), list(stats.std), weights, run_dir, precision)
 
 
 @torch.no_grad()
@@ -172,11 +179,10 @@ def predict_samples(
 
 def split_samples(trained: TrainedModel, data_root: Optional[str], split: str) -> DatasetSplits:
     """The run's own split (``split.csv``), read against ``data_root`` or the run's data.root."""
-    if trained.run_dir is None or not RunDir(trained.run_dir).split.is_file():
-        raise CheckpointError("evaluating a split needs the run directory (its split.csv): give run=RUN_DIR")
+    run = trained.run("evaluating a split")
     root = resolve_root(data_root or trained.cfg.data.root)
     has_test = find_split_dir(root, "test") is not None
-    splits = read_split(RunDir(trained.run_dir).split, root, has_test)
+    splits = read_split(run.split, root, has_test)
     if split == "test" and not splits.test:
         raise DatasetError(f"no test split for this run in {root} (no Testing/ folder)")
     return splits
@@ -202,7 +208,8 @@ def evaluate(trained: TrainedModel, splits: DatasetSplits, split: str, tta: str 
     "leakage_free": metrics or None}``.
     """
     samples = splits.test if split == "test" else splits.val
-    assert samples is not None
+    if samples is None:
+        raise DatasetError(f"this run has no {split} split in {splits.root}")
     missing = [s.path for s in samples if not (splits.root / s.path).is_file()]
     if missing:
         raise DatasetError(f"{len(missing)} image(s) of the {split} split are not in {splits.root}, e.g. {missing[0]}")

@@ -6,7 +6,6 @@ The same figures go to W&B, so a user without W&B sees exactly what the dashboar
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -19,6 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+from brainmri.records import EpochRecord  # noqa: E402
+from brainmri.rundir import atomic_replace  # noqa: E402
 
 DISPLAY_NAMES = {"glioma": "Glioma", "meningioma": "Meningioma", "notumor": "No tumour", "pituitary": "Pituitary"}
 SPLIT_COLORS = {"train": "#3b6ea8", "val": "#e0a030", "test": "#5a9e6f"}
@@ -48,7 +50,7 @@ def save_figure(fig: Figure, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, bbox_inches="tight", facecolor="white")
-    os.replace(tmp, path)
+    atomic_replace(tmp, path)
     plt.close(fig)
 
 
@@ -142,9 +144,9 @@ def confusion_matrix(cm: Sequence[Sequence[int]], class_names: Sequence[str], ti
         return fig
 
 
-def training_curves(history: Sequence[dict], best_epoch: Optional[int] = None) -> Figure:
+def training_curves(history: Sequence[EpochRecord], best_epoch: Optional[int] = None) -> Figure:
     """Loss, accuracy and validation macro-F1 per epoch, best epoch marked."""
-    epochs = [r["epoch"] for r in history]
+    epochs = [r.epoch for r in history]
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
         panels = [
@@ -154,9 +156,7 @@ def training_curves(history: Sequence[dict], best_epoch: Optional[int] = None) -
         ]
         for ax, (title, series) in zip(axes, panels):
             for key, label in series:
-                values = [r.get(key) for r in history]
-                if any(v is None for v in values):
-                    continue
+                values = [r.value(key) for r in history]
                 color = SPLIT_COLORS["train" if label == "train" else "val"]
                 ax.plot(epochs, values, marker="o", markersize=3, label=label, color=color)
             if best_epoch is not None:

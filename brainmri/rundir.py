@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -36,13 +37,49 @@ RUN_MARKERS = ("config.yaml", "checkpoints", "metrics.jsonl", "results.json")
 LAUNCHER_ENTRIES = frozenset({"slurm"})  # job logs the SLURM launcher writes before training starts
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+RUNS_ROOT = Path("runs")  # where runs and sweeps go when no output_dir is given
+
+
+def default_run_dir(recipe: Optional[str], now: Optional[datetime] = None) -> Path:
+    """``runs/<recipe>-<timestamp>``: the one rule for a run folder nobody named."""
+    return RUNS_ROOT / f"{recipe or 'run'}-{(now or datetime.now()).strftime('%Y%m%d-%H%M%S')}"
+
+
+def default_sweep_dir(sweep: str) -> Path:
+    return RUNS_ROOT / "sweeps" / sweep
+
+
+def atomic_replace(tmp: Path, final: Path) -> None:
+    """Rename a finished file or folder into place and make the rename itself durable.
+
+    The rename is the commit point: readers see the old thing or the whole new one.
+    Syncing the folder keeps a power cut from undoing the rename after we reported it.
+    """
+    os.replace(tmp, final)
+    try:
+        fd = os.open(final.parent, os.O_RDONLY)
+    except OSError:  # some filesystems do not open folders; the rename still happened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary name, flush it to disk, then rename it over ``path``."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
+    with open(tmp, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -59,47 +96,31 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+class _Entry:
+    """A file or folder of the run directory, named once: ``RunDir(p).config`` is ``p / "config.yaml"``."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, run: Optional["RunDir"], owner: type) -> Any:
+        return self if run is None else run.path / self.name
+
+
 @dataclass(frozen=True)
 class RunDir:
     """Paths inside one run directory."""
 
     path: Path
 
-    @property
-    def config(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def split(self) -> Path:
-        return self.path / "split.csv"
-
-    @property
-    def dataset(self) -> Path:
-        return self.path / "dataset.json"
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    @property
-    def results(self) -> Path:
-        return self.path / "results.json"
-
-    @property
-    def best_weights(self) -> Path:
-        return self.path / "best.safetensors"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def bad_images(self) -> Path:
-        return self.path / "bad_images.txt"
-
-    @property
-    def leaks(self) -> Path:
-        return self.path / "test_leaks.tsv"
+    config = _Entry("config.yaml")
+    split = _Entry("split.csv")
+    dataset = _Entry("dataset.json")
+    metrics = _Entry("metrics.jsonl")
+    results = _Entry("results.json")
+    best_weights = _Entry("best.safetensors")
+    checkpoints = _Entry("checkpoints")
+    bad_images = _Entry("bad_images.txt")
+    leaks = _Entry("test_leaks.tsv")
 
     def checkpoint(self, epoch: int) -> Path:
         return self.checkpoints / f"epoch_{epoch:04d}"

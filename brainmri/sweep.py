@@ -35,6 +35,7 @@ from omegaconf import OmegaConf
 
 from brainmri.config import find_recipe, load_yaml_mapping, nearest_key
 from brainmri.errors import ConfigError
+from brainmri.records import best_of
 from brainmri.rundir import atomic_write_json
 
 TOP_KEYS = ("recipe", "metric", "overrides", "grid", "random")
@@ -192,9 +193,7 @@ def trial_result(output_dir: Path, metric: str) -> dict[str, Any]:
     if metrics_path.exists():
         history = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
         out["epochs"] = len(history)
-        values = [r[metric] for r in history if metric in r]
-        if values:
-            out["best"] = min(values) if metric.endswith("loss") else max(values)
+        out["best"] = best_of(metric, [r[metric] for r in history if metric in r])
     if results_path.exists():
         out["test_acc"] = json.loads(results_path.read_text()).get("test/acc")
     return out

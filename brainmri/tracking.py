@@ -87,7 +87,7 @@ class Tracker:
         except Exception as e:  # no network, bad key, service down: carry on offline
             if self.mode != "online":
                 log.warning("W&B could not start (%s); tracking disabled, metrics.jsonl still has everything", _short(e))
-                self.enabled = False
+                self._give_up()
                 return
             log.warning("W&B could not start online (%s); continuing offline", _short(e))
             self.mode = "offline"
@@ -95,7 +95,7 @@ class Tracker:
                 self._init(init, "offline")
             except Exception as e2:
                 log.warning("W&B could not start offline either (%s); tracking disabled", _short(e2))
-                self.enabled = False
+                self._give_up()
                 return
         self.wandb_run = self.accelerator.get_tracker("wandb", unwrap=True)
         self.wandb_run.define_metric("step")
@@ -104,30 +104,44 @@ class Tracker:
         for prefix in ("train/*", "val/*", "lr", "throughput", "epoch_time", "train_time", "gpu_mem_peak_gb"):
             self.wandb_run.define_metric(prefix, step_metric="epoch")
 
-    def _init(self, init: dict, mode: str) -> None:
-        # A failed start leaves its tracker in the list; drop it before trying again.
+    def _drop_wandb(self) -> None:
+        """Forget Accelerate's W&B tracker: a failed start leaves a half-made one behind, and
+        a finished one must not be finished again by ``end_training``."""
         self.accelerator.trackers = [t for t in self.accelerator.trackers if t.name != "wandb"]
+
+    def _give_up(self) -> None:
+        self._drop_wandb()
+        self.enabled = False
+
+    def _init(self, init: dict, mode: str) -> None:
+        self._drop_wandb()  # a failed start leaves its tracker in the list
         if "wandb" not in [str(t) for t in self.accelerator.log_with]:
             from accelerate.utils import LoggerType
 
             self.accelerator.log_with.append(LoggerType.WANDB)
         self.accelerator.init_trackers(self.cfg.project, init_kwargs={"wandb": {**init, "mode": mode}})
 
+    @property
+    def live(self) -> bool:
+        """A W&B run is open here (main process, tracking on, started)."""
+        return self.enabled and self.wandb_run is not None
+
     def _call(self, what: str, fn, *args, **kwargs) -> None:
-        if not (self.enabled and self.wandb_run is not None):
+        if not self.live:
             return
         try:
             fn(*args, **kwargs)
         except Exception as e:
             log.warning("W&B failed while logging %s (%s); tracking stops, training goes on", what, _short(e))
-            self.enabled = False
+            self._give_up()
 
     def log(self, values: dict) -> None:
         """Scalars; the x-axis comes from the ``step`` or ``epoch`` value inside."""
-        self._call("metrics", self.accelerator.log, values)
+        if self.live:
+            self._call("metrics", self.accelerator.log, values)
 
     def log_figure(self, key: str, path: Path) -> None:
-        if not (self.enabled and self.wandb_run is not None):
+        if not self.live:
             return
         import wandb
 
@@ -135,7 +149,7 @@ class Tracker:
 
     def log_class_distribution(self, counts: dict, class_names: Sequence[str]) -> None:
         """One native W&B bar chart per split (train, val, test)."""
-        if not (self.enabled and self.wandb_run is not None):
+        if not self.live:
             return
         import wandb
 
@@ -149,7 +163,7 @@ class Tracker:
 
     def log_results(self, results: dict) -> None:
         """Confusion-matrix plot, per-class table and test metrics in the run summary."""
-        if not (self.enabled and self.wandb_run is not None) or "confusion_matrix" not in results:
+        if not self.live or "confusion_matrix" not in results:
             return
         import wandb
 
@@ -184,9 +198,12 @@ class Tracker:
         if self.wandb_run is None:
             return None
         try:
-            self.accelerator.end_training()
+            for tracker in self.accelerator.trackers:
+                if tracker.name == "wandb":
+                    tracker.finish()
         except Exception as e:
             log.warning("W&B did not finish cleanly (%s)", _short(e))
+        self._drop_wandb()
         self.wandb_run = None
         if self.mode == "offline":
             return f"wandb sync {self.run_dir.path / 'wandb'}/offline-run-*"

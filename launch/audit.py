@@ -14,60 +14,38 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from brainmri.errors import BrainMRIError  # noqa: E402
-
-USAGE = "usage: audit.py data.root=DIR [--near-threshold N] [--out DIR]"
+import cli
+from brainmri.errors import BrainMRIError
 
 
-def parse(argv: Sequence[str]) -> tuple[str, int, Path]:
-    root, threshold, out = None, 4, Path(".")
-    args = list(argv)
-    while args:
-        arg = args.pop(0)
-        key, eq, value = arg.partition("=")
-        if key in ("--near-threshold", "--out") and not eq:
-            if not args:
-                raise BrainMRIError(f"{key} needs a value; {USAGE}")
-            value = args.pop(0)
-        if key == "data.root":
-            root = value
-        elif key == "--near-threshold":
-            if not value.isdigit() or not 0 <= int(value) <= 32:
-                raise BrainMRIError(f"--near-threshold={value} is invalid: expected a Hamming distance in 0..32")
-            threshold = int(value)
-        elif key == "--out":
-            out = Path(value)
-        else:
-            raise BrainMRIError(f"unknown argument '{arg}'; {USAGE}")
-    if not root:
-        raise BrainMRIError(f"data.root is not set; {USAGE}")
-    return root, threshold, out
+def near_threshold(value: str) -> int:
+    if not value.isdigit() or not 0 <= int(value) <= 32:
+        raise BrainMRIError(f"wants a Hamming distance in 0..32, got {value!r}")
+    return int(value)
 
 
-def main(argv: Sequence[str]) -> int:
+FLAGS = [cli.Flag("--near-threshold", "N", near_threshold, 4), cli.Flag("--out", "DIR", Path, Path("."))]
+
+
+def command(args: cli.Args) -> int:
     from rich.table import Table
 
+    from brainmri import config as config_lib
     from brainmri.audit import audit
     from brainmri.console import console
     from brainmri.data.datasets import CLASS_NAMES, resolve_root
     from brainmri.data.loaders import auto_workers
     from brainmri.rundir import atomic_write_json
 
-    try:
-        root_arg, threshold, out = parse(argv)
-        root = resolve_root(root_arg)
-        if out.resolve() == root or root in out.resolve().parents:
-            raise BrainMRIError(f"--out {out} is inside the dataset; the audit never writes into data.root")
-        out.mkdir(parents=True, exist_ok=True)
-        with console.status(f"reading every image in {root}"):
-            report = audit(root, threshold, workers=auto_workers(1))
-    except BrainMRIError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = config_lib.load_config(args.settings, cli.RECIPES, schema=config_lib.AuditConfig)
+    threshold, out = args["--near-threshold"], args["--out"]
+    root = resolve_root(cfg.data.root)
+    if out.resolve() == root or root in out.resolve().parents:
+        raise BrainMRIError(f"--out {out} is inside the dataset; the audit never writes into data.root")
+    out.mkdir(parents=True, exist_ok=True)
+    with console.status(f"reading every image in {root}"):
+        report = audit(root, threshold, workers=auto_workers(1))
     counts = Table(title=f"{report['images']} images in {root}")
     counts.add_column("split")
     for name in CLASS_NAMES:
@@ -105,4 +83,4 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(cli.run(command, sys.argv[1:], FLAGS))

@@ -14,22 +14,23 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import submitit
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import cli
+from brainmri.config import SlurmConfig
+from brainmri.errors import BrainMRIError
 
-from brainmri.config import Config, SlurmConfig  # noqa: E402
-
-log = logging.getLogger(__name__)
+def quiet_submitit() -> None:
+    """On the submitting side: submitit warns on every poll when the cluster has no
+    accounting (sacct), though it still learns each job's state. Jobs keep its log lines."""
+    logging.getLogger("submitit").setLevel(logging.ERROR)
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -41,7 +42,8 @@ class TrainJob(submitit.helpers.Checkpointable):
         self.requeues = requeues
 
     def __call__(self) -> dict:
-        from launch import train
+        import train
+        from brainmri.engine import TrainingInterrupted
 
         env = submitit.JobEnvironment()
         dist = submitit.helpers.TorchDistributedEnvironment()
@@ -61,24 +63,20 @@ class TrainJob(submitit.helpers.Checkpointable):
             f"(master {dist.master_addr}:{dist.master_port}), attempt {self.requeues + 1}",
             flush=True,
         )
-        from brainmri.engine import TrainingInterrupted
-
+        output_dir = next(a.split("=", 1)[1] for a in self.args if a.startswith("output_dir="))
         try:
             code = train.main([*self.args, "resume=auto"], stop_event=stop)
         except TrainingInterrupted:
-            if dist.rank == 0 and signal.SIGUSR2 in received and callable(submitit_handler):
-                # submitit's handler calls self.checkpoint(), requeues and exits.
-                submitit_handler(signal.SIGUSR2, None)
-            if dist.rank != 0 and signal.SIGUSR2 in received:
-                # Rank 0 is requeueing the job; SLURM's SIGTERM then ends this task at once.
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                time.sleep(60)
-            raise
+            if signal.SIGUSR2 not in received:
+                raise  # SIGTERM alone: the job is being cancelled, not preempted
+            if dist.rank == 0 and callable(submitit_handler):
+                submitit_handler(signal.SIGUSR2, None)  # calls self.checkpoint(), requeues, exits
+            # Every rank stopped at the same step and the checkpoint on disk is complete;
+            # rank 0 requeues the whole job, so this task's part of the attempt is done.
+            return {"output_dir": output_dir, "requeued": True}
         if code != 0:
             raise RuntimeError(f"launch/train.py exited with code {code}; see the job's stderr log")
-        output_dir = next(a.split("=", 1)[1] for a in self.args if a.startswith("output_dir="))
-        results = Path(output_dir) / "results.json"
-        return {"output_dir": output_dir, "results": str(results)}
+        return {"output_dir": output_dir, "results": str(Path(output_dir) / "results.json")}
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Optional[submitit.helpers.DelayedSubmission]:
         """Called by submitit on global rank 0: requeue with the same output_dir, or give up."""
@@ -88,19 +86,23 @@ class TrainJob(submitit.helpers.Checkpointable):
         return submitit.helpers.DelayedSubmission(TrainJob(self.args, self.max_requeues, self.requeues + 1))
 
 
-def train_args(cfg_args: Sequence[str], output_dir: Path, slurm: SlurmConfig, data_workers: int) -> list[str]:
-    """The overrides a job trains with: the user's, a fixed output_dir, workers from the CPUs."""
+def train_args(cfg_args: Sequence[str], output_dir: Path, cpus_per_task: int, data_workers: int) -> tuple[list[str], int]:
+    """The overrides a job trains with (the user's, a fixed output_dir, workers from the
+    task's CPUs), and that worker count."""
     args = [a for a in cfg_args if not a.startswith(("output_dir=", "resume=", "overwrite="))]
     args.append(f"output_dir={output_dir}")
+    workers = data_workers if data_workers >= 0 else max(0, cpus_per_task - 1)
     if data_workers < 0:
-        args.append(f"data.num_workers={max(0, slurm.cpus_per_task - 1)}")
-    return args
+        args.append(f"data.num_workers={workers}")
+    return args, workers
 
 
 def make_executor(folder: Path, slurm: SlurmConfig, job_name: str) -> submitit.AutoExecutor:
     """A submitit executor with every ``slurm.*`` key applied."""
-    # The job imports launch/ and brainmri/ from this checkout, installed or not.
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    # The job unpickles TrainJob from this folder's modules (cluster, train, cli) and
+    # imports brainmri from this checkout, installed or not.
+    path = [str(cli.REPO / "launch"), str(cli.REPO)]
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [*path, os.environ.get("PYTHONPATH")]))
     executor = submitit.AutoExecutor(folder=str(folder), cluster=slurm.cluster, slurm_max_num_timeout=slurm.max_requeues)
     params: dict[str, Any] = {
         "name": job_name,
@@ -122,7 +124,7 @@ def make_executor(folder: Path, slurm: SlurmConfig, job_name: str) -> submitit.A
         }
         params.update({k: v for k, v in optional.items() if v})
         params["slurm_array_parallelism"] = slurm.array_parallelism
-        params["slurm_setup"] = [f"export PYTHONPATH={REPO}:${{PYTHONPATH:-}}", *slurm.setup]
+        params["slurm_setup"] = [f"export PYTHONPATH={':'.join(path)}:${{PYTHONPATH:-}}", *slurm.setup]
         if slurm.additional:
             params["slurm_additional_parameters"] = dict(slurm.additional)
     executor.update_parameters(**params)
@@ -131,14 +133,37 @@ def make_executor(folder: Path, slurm: SlurmConfig, job_name: str) -> submitit.A
 
 def sbatch_preview(executor: submitit.AutoExecutor) -> str:
     """The sbatch script submitit would submit (its own writer; placeholder job folder)."""
-    inner = executor._executor  # submitit's SlurmExecutor; no public accessor for the script
-    if not hasattr(inner, "_make_submission_file_text"):
+    if executor.cluster != "slurm":
         return f"(cluster={executor.cluster}: no sbatch script, jobs run as local processes)"
+    inner = executor._executor  # submitit's SlurmExecutor; no public accessor for the script
     return inner._make_submission_file_text(inner._submitit_command_str, "<uid>")
 
 
-def job_name(cfg: Config, suffix: str = "") -> str:
-    return cfg.slurm.job_name or f"brainmri-{cfg.recipe or 'run'}{suffix}"
+def job_name(slurm: SlurmConfig, recipe: Optional[str], suffix: str = "") -> str:
+    return slurm.job_name or f"brainmri-{recipe or 'run'}{suffix}"
+
+
+def submit_jobs(executor: submitit.AutoExecutor, jobs: Sequence[TrainJob], what: str) -> list[submitit.Job]:
+    """Submit ``jobs`` in one sbatch call (a job array when several); sbatch's refusal is one line."""
+    try:
+        with sbatch_stderr() as sbatch_lines, executor.batch():
+            submitted = [executor.submit(job) for job in jobs]
+    except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError) as e:
+        raise BrainMRIError(f"sbatch refused the {what}: {submit_error(e, sbatch_lines)}") from None
+    for line in sbatch_lines:  # warnings of a job that was accepted
+        print(line, file=sys.stderr)
+    return submitted
+
+
+def job_error(stderr: Path) -> str:
+    """The most telling line of a failed job's log: brainmri's own error line, else the last exception."""
+    try:
+        lines = stderr.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    ours = [line for line in lines if line.startswith("error:")]
+    exceptions = [line.split("]: ", 1)[-1] for line in lines if "Error" in line and ":" in line]
+    return (ours or exceptions or ["(see log)"])[-1]
 
 
 @contextlib.contextmanager
@@ -172,21 +197,3 @@ def submit_error(error: BaseException, stderr_lines: Sequence[str]) -> str:
     sbatch = [line.split("error:", 1)[-1].strip() for line in lines if line.startswith("sbatch:")]
     unique = list(dict.fromkeys(sbatch))
     return "; ".join(unique) if unique else (lines[-1] if lines else type(error).__name__)
-
-
-FLAGS = ("--dry-run", "--wait")
-
-
-def cli(argv: Sequence[str], command: Callable[[list[str], bool, bool], int]) -> int:
-    """Shared CLI shell of submit.py and sweep.py: ``--dry-run``/``--wait``, one-line errors, exit 2."""
-    from brainmri.errors import BrainMRIError
-
-    args = [a for a in argv if a not in FLAGS]
-    try:
-        unknown = [a for a in args if a.startswith("-")]
-        if unknown:
-            raise BrainMRIError(f"unknown option {unknown[0]} (options: {', '.join(FLAGS)}; everything else is key=value)")
-        return command(args, "--dry-run" in argv, "--wait" in argv)
-    except BrainMRIError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2

@@ -14,34 +14,20 @@ the run directory. Exit codes: 0 done, 2 bad input (one line on stderr).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from brainmri.errors import BrainMRIError  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
+import cli
+from brainmri import config as config_lib
+from brainmri.console import console, print_metrics, setup_logging
+from brainmri.evaluation import evaluate, evaluation_figures, load_trained, split_samples
+from brainmri.rundir import atomic_write_json
 
 
-def main(argv: Sequence[str]) -> int:
-    from brainmri import config as config_lib
-    from brainmri.console import console, print_metrics, setup_logging
-    from brainmri.evaluation import evaluate, evaluation_figures, load_trained, split_samples
-    from brainmri.rundir import atomic_write_json
-
-    try:
-        flags = [a for a in argv if a.startswith("-")]
-        if flags:
-            raise BrainMRIError(f"unknown option {flags[0]} (everything is key=value: run=, checkpoint=, split=, tta=, data.root=)")
-        cfg = config_lib.load_config(argv, REPO / "recipes", schema=config_lib.EvalConfig)
-        setup_logging(True)
-        trained = load_trained(cfg.run, cfg.checkpoint)
-        splits = split_samples(trained, cfg.data.root, cfg.split)
-        result = evaluate(trained, splits, cfg.split, cfg.tta, cfg.batch_size)
-    except BrainMRIError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def command(args: cli.Args) -> int:
+    cfg = config_lib.load_config(args.settings, cli.RECIPES, schema=config_lib.EvalConfig)
+    setup_logging(True)
+    trained = load_trained(cfg.run, cfg.checkpoint)
+    splits = split_samples(trained, cfg.data.root, cfg.split)
+    result = evaluate(trained, splits, cfg.split, cfg.tta, cfg.batch_size)
     split, m = cfg.split, result["metrics"]
     n = len(result["targets"])
     print_metrics(m, split, f"{split} split, {n} images ({trained.weights}{', hflip TTA' if cfg.tta == 'hflip' else ''})")
@@ -53,7 +39,6 @@ def main(argv: Sequence[str]) -> int:
             f"[bold]{split} accuracy {m[f'{split}/acc']:.3f}[/bold] on all {n} images; "
             f"[bold]{free[f'{split}/acc']:.3f}[/bold] on the {free['size']} that do not duplicate a Training image"
         )
-    assert trained.run_dir is not None  # split_samples needs it
     report = {
         "split": split,
         "size": n,
@@ -65,12 +50,13 @@ def main(argv: Sequence[str]) -> int:
         "leaked_files": sorted(leaks),
         "leakage_free": result["leakage_free"],
     }
-    out = trained.run_dir / f"eval_{split}.json"
+    run = trained.run("writing the report")
+    out = run.path / f"eval_{split}.json"
     atomic_write_json(out, report)
-    pngs = evaluation_figures(result, trained.class_names, trained.run_dir / "figures", split)
+    pngs = evaluation_figures(result, trained.class_names, run.path / "figures", split)
     console.print(f"wrote {out} and {', '.join(p.name for p in pngs)} in {pngs[0].parent}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(cli.run(command, sys.argv[1:]))

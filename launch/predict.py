@@ -15,41 +15,14 @@ from __future__ import annotations
 import csv
 import sys
 from pathlib import Path
-from typing import Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import cli
+from brainmri.errors import BrainMRIError
 
-from brainmri.errors import BrainMRIError  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-USAGE = "usage: predict.py run=RUN_DIR|checkpoint=FILE IMAGE_OR_FOLDER ... [--cam] [--out DIR] [tta=hflip]"
+FLAGS = [cli.Flag("--cam"), cli.Flag("--out", "DIR", Path, Path("predictions"))]
 
 
-def parse(argv: Sequence[str]) -> tuple[list[str], list[str], bool, Path]:
-    """(key=value settings, images and folders, --cam, --out)."""
-    settings, inputs, cam, out = [], [], False, Path("predictions")
-    args = list(argv)
-    while args:
-        arg = args.pop(0)
-        if arg == "--cam":
-            cam = True
-        elif arg == "--out" or arg.startswith("--out="):
-            value = arg.split("=", 1)[1] if "=" in arg else (args.pop(0) if args else "")
-            if not value:
-                raise BrainMRIError("--out needs a folder")
-            out = Path(value)
-        elif arg.startswith("-"):
-            raise BrainMRIError(f"unknown option {arg}; {USAGE}")
-        elif "=" in arg.split("/", 1)[0] and not Path(arg).exists():
-            settings.append(arg)
-        else:
-            inputs.append(arg)
-    if not inputs:
-        raise BrainMRIError(f"no images given; {USAGE}")
-    return settings, inputs, cam, out
-
-
-def main(argv: Sequence[str]) -> int:
+def command(args: cli.Args) -> int:
     import numpy as np
     import torch
     from PIL import Image
@@ -61,17 +34,15 @@ def main(argv: Sequence[str]) -> int:
     from brainmri.data.datasets import load_image
     from brainmri.evaluation import find_images, load_trained, predict_probs
 
-    try:
-        settings, inputs, want_cam, out = parse(argv)
-        cfg = config_lib.load_config(settings, REPO / "recipes", schema=config_lib.EvalConfig)
-        paths = find_images(inputs)  # every image is checked before the model is even loaded
-        trained = load_trained(cfg.run, cfg.checkpoint)
-        if want_cam and cam_lib.target_layer(trained.model) is None:
-            raise BrainMRIError(f"--cam needs a convolutional model; {trained.cfg.model.name} has none")
-        out.mkdir(parents=True, exist_ok=True)
-    except BrainMRIError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if not args.positional:
+        raise BrainMRIError("no images given; usage: predict.py run=RUN_DIR|checkpoint=FILE IMAGE_OR_FOLDER ... [--cam] [--out DIR] [tta=hflip]")
+    cfg = config_lib.load_config(args.settings, cli.RECIPES, schema=config_lib.EvalConfig)
+    paths = find_images(args.positional)  # every image is checked before the model is even loaded
+    trained = load_trained(cfg.run, cfg.checkpoint)
+    want_cam, out = args["--cam"], args["--out"]
+    if want_cam and cam_lib.target_layer(trained.model) is None:
+        raise BrainMRIError(f"--cam needs a convolutional model; {trained.cfg.model.name} has none")
+    out.mkdir(parents=True, exist_ok=True)
     transform = trained.transform()
     device = next(trained.model.parameters()).device
     names = trained.class_names
@@ -110,4 +81,4 @@ def main(argv: Sequence[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(cli.run(command, sys.argv[1:], FLAGS, positional=True))

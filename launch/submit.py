@@ -11,53 +11,39 @@ Exit codes: 0 submitted (or, with --wait, finished), 1 the job failed, 2 bad inp
 
 from __future__ import annotations
 
-import subprocess
+import dataclasses
 import sys
 from pathlib import Path
-from typing import Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import cli
+from brainmri import config as config_lib
+from brainmri.console import console, print_config
+from brainmri.rundir import check_output_dir, default_run_dir
+from cluster import TrainJob, job_error, job_name, make_executor, quiet_submitit, sbatch_preview, submit_jobs, train_args
 
-import logging  # noqa: E402
-
-import submitit  # noqa: E402
-
-# submitit warns on every poll when the cluster has no accounting (sacct); its state still works.
-logging.getLogger("submitit").setLevel(logging.ERROR)
-
-from launch.cluster import REPO, TrainJob, cli, job_name, make_executor, sbatch_preview, sbatch_stderr, submit_error, train_args  # noqa: E402
-from brainmri import config as config_lib  # noqa: E402
-from brainmri.console import console, print_config  # noqa: E402
-from brainmri.engine import default_output_dir  # noqa: E402
-from brainmri.errors import BrainMRIError  # noqa: E402
-from brainmri.rundir import check_output_dir  # noqa: E402
+FLAGS = [cli.Flag("--dry-run"), cli.Flag("--wait")]
 
 
-
-def submit(args: Sequence[str], dry_run: bool, wait: bool) -> int:
-    cfg = config_lib.load_config(args, REPO / "recipes")
-    output_dir = Path(cfg.output_dir or default_output_dir(cfg.recipe)).resolve()
+def submit(args: cli.Args) -> int:
+    quiet_submitit()
+    # No machine defaults here: the node-local cache folder is the compute node's to choose.
+    cfg = config_lib.load_config(args.settings, cli.RECIPES)
+    output_dir = Path(cfg.output_dir or default_run_dir(cfg.recipe)).resolve()
     check_output_dir(output_dir, cfg.resume, cfg.overwrite)
-    job_args = train_args(args, output_dir, cfg.slurm, cfg.data.num_workers)
-    config_lib.load_config(job_args, REPO / "recipes")  # what the job will run must load too
-    executor = make_executor(output_dir / "slurm", cfg.slurm, job_name(cfg))
-    if dry_run:
-        print_config(config_lib.to_yaml(config_lib.load_config(job_args, REPO / "recipes")))
+    job_args, workers = train_args(args.settings, output_dir, cfg.slurm.cpus_per_task, cfg.data.num_workers)
+    executor = make_executor(output_dir / "slurm", cfg.slurm, job_name(cfg.slurm, cfg.recipe))
+    if args["--dry-run"]:
+        job_cfg = dataclasses.replace(cfg, output_dir=str(output_dir), data=dataclasses.replace(cfg.data, num_workers=workers))
+        print_config(config_lib.to_yaml(job_cfg))
         console.rule("sbatch script")
         console.print(sbatch_preview(executor), markup=False, highlight=False, soft_wrap=True)
         return 0
-    try:
-        with sbatch_stderr() as sbatch_lines:
-            job = executor.submit(TrainJob(job_args, cfg.slurm.max_requeues))
-    except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError) as e:
-        raise BrainMRIError(f"sbatch refused the job: {submit_error(e, sbatch_lines)}") from None
-    for line in sbatch_lines:  # warnings of a job that was accepted
-        print(line, file=sys.stderr)
+    (job,) = submit_jobs(executor, [TrainJob(job_args, cfg.slurm.max_requeues)], "job")
     console.print(f"submitted job [bold]{job.job_id}[/bold] ({cfg.slurm.cluster})")
     console.print(f"  output_dir: {output_dir}")
     console.print(f"  stdout:     {job.paths.stdout}")
     console.print(f"  stderr:     {job.paths.stderr}")
-    if not wait:
+    if not args["--wait"]:
         return 0
     try:
         job.results()
@@ -69,20 +55,5 @@ def submit(args: Sequence[str], dry_run: bool, wait: bool) -> int:
     return 0
 
 
-def job_error(stderr: Path) -> str:
-    """The most telling line of a failed job's log: brainmri's own error line, else the last exception."""
-    try:
-        lines = stderr.read_text(errors="replace").splitlines()
-    except OSError:
-        return "(no log)"
-    ours = [line for line in lines if line.startswith("error:")]
-    exceptions = [line.split("]: ", 1)[-1] for line in lines if "Error" in line and ":" in line]
-    return (ours or exceptions or ["(see log)"])[-1]
-
-
-def main(argv: Sequence[str]) -> int:
-    return cli(argv, submit)
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(cli.run(submit, sys.argv[1:], FLAGS))

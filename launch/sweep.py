@@ -12,26 +12,22 @@ failed (with --wait), 2 bad input.
 
 from __future__ import annotations
 
-import logging
 import subprocess
 import sys
 from pathlib import Path
-from typing import Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from rich.table import Table
 
-import submitit  # noqa: E402
-from rich.table import Table  # noqa: E402
+import cli
+from brainmri.config import load_config, parse_overrides
+from brainmri.console import console
+from brainmri.errors import BrainMRIError, ConfigError
+from brainmri.records import lower_is_better
+from brainmri.rundir import default_sweep_dir
+from brainmri.sweep import TrialRecord, expand_trials, load_sweep, read_manifest, trial_result, write_manifest
+from cluster import TrainJob, job_name, make_executor, quiet_submitit, sbatch_preview, submit_jobs, train_args
 
-from brainmri.config import load_config, parse_overrides  # noqa: E402
-from brainmri.console import console  # noqa: E402
-from brainmri.errors import BrainMRIError, ConfigError  # noqa: E402
-from brainmri.sweep import TrialRecord, expand_trials, load_sweep, read_manifest, trial_result, write_manifest  # noqa: E402
-from launch.cluster import REPO, TrainJob, cli, job_name, make_executor, sbatch_preview, sbatch_stderr, submit_error, train_args  # noqa: E402
-
-logging.getLogger("submitit").setLevel(logging.ERROR)  # no sacct on small clusters: one warning per poll
-
-SWEEPS = REPO / "recipes" / "sweeps"
+FLAGS = [cli.Flag("--dry-run"), cli.Flag("--wait")]
 ACTIVE = ("pending", "running")
 SLURM_STATES = {
     "PENDING": "pending", "CONFIGURING": "pending", "REQUEUED": "pending", "REQUEUE_HOLD": "pending",
@@ -59,51 +55,61 @@ def refresh(record: TrialRecord, states: dict[str, str]) -> None:
         record.state = "failed"
 
 
-def trial_configs(spec, trials, cli: list[str], sweep_dir: Path) -> list[tuple[list[str], object]]:
+def trial_configs(spec, trials, common: list[str], sweep_dir: Path) -> list[tuple[list[str], object]]:
     """Every trial's override list and validated config; the first bad one stops everything."""
     out = []
     for trial in trials:
-        args = [f"recipe={spec.recipe}", *trial.args(), *cli]
-        if not any(a.startswith("tracking.group=") for a in cli):
+        args = [f"recipe={spec.recipe}", *trial.args(), *common]
+        if not any(a.startswith("tracking.group=") for a in common):
             args.append(f"tracking.group={spec.name}")
         try:
-            cfg = load_config([*args, f"output_dir={sweep_dir / trial.name}"], REPO / "recipes")
+            cfg = load_config([*args, f"output_dir={sweep_dir / trial.name}"], cli.RECIPES)
         except ConfigError as e:
             raise ConfigError(f"sweep {spec.name}, trial {trial.name}: {e}") from None
         out.append((args, cfg))
     return out
 
 
-def run_sweep(args: Sequence[str], dry_run: bool, wait: bool) -> int:
-    overrides = parse_overrides(args)
-    name = overrides.pop("sweep", None)
-    if not name:
-        raise ConfigError("give the sweep: sweep=NAME (a file in recipes/sweeps/) or sweep=path/to/sweep.yaml")
-    spec, source = load_sweep(name, SWEEPS)
-    sweep_dir = Path(overrides.pop("output_dir", None) or Path("runs") / "sweeps" / spec.name).resolve()
-    cli = [f"{k}={v}" for k, v in overrides.items()]
-    trials = expand_trials(spec)
-    configs = trial_configs(spec, trials, cli, sweep_dir)
-    slurm = configs[0][1].slurm
-    varying = list(spec.grid) + list(spec.random_axes)
-
-    manifest_path = sweep_dir / "manifest.json"
-    known = {t["name"]: TrialRecord(**t) for t in read_manifest(manifest_path).get("trials", [])}
-    states = slurm_states() if known and slurm.cluster == "slurm" else {}
+def trial_records(trials, known: dict[str, TrialRecord], sweep_dir: Path, cluster: str) -> list[TrialRecord]:
+    """Each trial's record: as the manifest knew it, with its state brought up to date."""
+    states = slurm_states() if known and cluster == "slurm" else {}
     records = []
     for trial in trials:
         record = known.get(trial.name) or TrialRecord(trial.index, trial.name, trial.overrides, str(sweep_dir / trial.name))
         refresh(record, states)
         records.append(record)
-    todo = [(r, a, c) for r, (a, c) in zip(records, configs) if r.state not in ("completed", *ACTIVE)]
+    return records
 
-    table = Table(title=f"sweep {spec.name}: {len(trials)} trial(s) of recipe {spec.recipe}")
+
+def show_plan(title: str, records: list[TrialRecord], varying: list[str]) -> None:
+    table = Table(title=title)
     for column in ("trial", *varying, "state"):
         table.add_column(column, overflow="fold")
     for r in records:
         table.add_row(r.name, *[str(r.overrides.get(k)) for k in varying], r.state if r.state != "new" else "to submit")
     console.print(table)
-    extra = {"recipe": spec.recipe, "metric": spec.metric, "varying": varying, "cli": cli}
+
+
+def run_sweep(settings: list[str], dry_run: bool, wait: bool) -> int:
+    quiet_submitit()
+    overrides = parse_overrides(settings)
+    name = overrides.pop("sweep", None)
+    if not name:
+        raise ConfigError("give the sweep: sweep=NAME (a file in recipes/sweeps/) or sweep=path/to/sweep.yaml")
+    spec, source = load_sweep(name, cli.SWEEPS)
+    sweep_dir = Path(overrides.pop("output_dir", None) or default_sweep_dir(spec.name)).resolve()
+    common = [f"{k}={v}" for k, v in overrides.items()]
+    trials = expand_trials(spec)
+    configs = trial_configs(spec, trials, common, sweep_dir)
+    slurm = configs[0][1].slurm
+    varying = list(spec.grid) + list(spec.random_axes)
+
+    manifest_path = sweep_dir / "manifest.json"
+    known = {t["name"]: TrialRecord(**t) for t in read_manifest(manifest_path).get("trials", [])}
+    records = trial_records(trials, known, sweep_dir, slurm.cluster)
+    todo = [(r, a, c) for r, (a, c) in zip(records, configs) if r.state not in ("completed", *ACTIVE)]
+    show_plan(f"sweep {spec.name}: {len(trials)} trial(s) of recipe {spec.recipe}", records, varying)
+    extra = {"recipe": spec.recipe, "metric": spec.metric, "varying": varying, "cli": common}
     if not todo:
         if known:
             write_manifest(manifest_path, spec.name, str(source), records, extra)
@@ -111,7 +117,7 @@ def run_sweep(args: Sequence[str], dry_run: bool, wait: bool) -> int:
         console.print(f"nothing to submit: {done} completed, {len(records) - done} pending or running")
         return 0
 
-    executor = make_executor(sweep_dir / "slurm", slurm, job_name(configs[0][1], "-sweep"))
+    executor = make_executor(sweep_dir / "slurm", slurm, job_name(slurm, spec.recipe, "-sweep"))
     if dry_run:
         console.rule("sbatch script (one array job)")
         console.print(sbatch_preview(executor), markup=False, highlight=False, soft_wrap=True)
@@ -119,16 +125,11 @@ def run_sweep(args: Sequence[str], dry_run: bool, wait: bool) -> int:
         return 0
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    jobs = []
-    try:
-        with sbatch_stderr() as sbatch_lines, executor.batch():
-            for record, trial_args, cfg in todo:
-                job_args = train_args(trial_args, Path(record.output_dir), slurm, cfg.data.num_workers)
-                jobs.append(executor.submit(TrainJob(job_args, slurm.max_requeues)))
-    except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError) as e:
-        raise BrainMRIError(f"sbatch refused the sweep: {submit_error(e, sbatch_lines)}") from None
-    for line in sbatch_lines:
-        print(line, file=sys.stderr)
+    trial_jobs = [
+        TrainJob(train_args(trial_args, Path(record.output_dir), slurm.cpus_per_task, cfg.data.num_workers)[0], slurm.max_requeues)
+        for record, trial_args, cfg in todo
+    ]
+    jobs = submit_jobs(executor, trial_jobs, "sweep")
     for (record, _, _), job in zip(todo, jobs):
         record.job_id, record.state = str(job.job_id), "submitted"
         record.stdout, record.stderr = str(job.paths.stdout), str(job.paths.stderr)
@@ -159,11 +160,11 @@ def show_status(sweep_dir: Path) -> int:
     for r in records:
         refresh(r, states)
         rows.append((r, trial_result(Path(r.output_dir), metric)))
-    lower_is_better = metric.endswith("loss")
+    lower = lower_is_better(metric)
 
     def key(item) -> tuple:
         best = item[1]["best"]
-        return (best is None, (best if lower_is_better else -best) if best is not None else 0.0)
+        return (best is None, (best if lower else -best) if best is not None else 0.0)
 
     table = Table(title=f"sweep {manifest['sweep']}: {sweep_dir} (sorted by best {metric})")
     table.add_column("trial", no_wrap=True)
@@ -192,17 +193,15 @@ def show_status(sweep_dir: Path) -> int:
     return 0
 
 
-def command(args: list[str], dry_run: bool, wait: bool) -> int:
-    if args and args[0] == "status":
-        if len(args) != 2:
+def command(args: cli.Args) -> int:
+    if args.positional[:1] == ["status"]:
+        if len(args.positional) != 2:
             raise BrainMRIError("usage: python launch/sweep.py status SWEEP_DIR")
-        return show_status(Path(args[1]))
-    return run_sweep(args, dry_run, wait)
-
-
-def main(argv: Sequence[str]) -> int:
-    return cli(argv, command)
+        return show_status(Path(args.positional[1]))
+    if args.positional:
+        raise BrainMRIError(f"expected key=value, got '{args.positional[0]}' (or: sweep.py status SWEEP_DIR)")
+    return run_sweep(args.settings, args["--dry-run"], args["--wait"])
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(cli.run(command, sys.argv[1:], FLAGS, positional=True))

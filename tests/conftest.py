@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -12,6 +13,14 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+LAUNCH = REPO / "launch"
+
+
+def launch_module(name: str):
+    """An entry script's module, imported as the scripts import each other (launch/ on sys.path)."""
+    if str(LAUNCH) not in sys.path:
+        sys.path.insert(0, str(LAUNCH))
+    return importlib.import_module(name)
 LAYOUTS = {
     "sartaj": ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"],
     "masoud": ["glioma", "meningioma", "notumor", "pituitary"],

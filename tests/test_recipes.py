@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from brainmri.config import load_config
-from tests.conftest import REPO, python, run_script
+from tests.conftest import REPO, launch_module, python, run_script
 
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 PUBLISHED = {"cnn0_256": "33,488", "cnn1_256": "266,364", "cnn2_256": "146,860", "cnn3_256": "9,369,668"}
@@ -32,7 +32,7 @@ def test_cnn_study_recipes_follow_the_paper():
 
 
 def test_dry_run_every_recipe_prints_config_and_parameters(tmp_path):
-    from launch.train import main  # in-process: one interpreter for all recipes
+    main = launch_module("train").main  # in-process: one interpreter for all recipes
 
     import contextlib, io
 

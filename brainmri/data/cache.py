@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from brainmri.data.datasets import Sample, load_image
+from brainmri.rundir import atomic_replace, atomic_write_text
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -97,10 +98,8 @@ def open_or_build(root: Path, samples: Sequence[Sample], size: int, channels: in
             list(pool.map(fill, range(len(paths))))
         array.flush()
         del array
-        index_tmp = cache_dir / f".{stem}.{os.getpid()}.tmp.json"
-        index_tmp.write_text(json.dumps({"version": CACHE_VERSION, "root": str(root), "size": size, "channels": channels, "paths": paths}))
-        os.replace(index_tmp, index_path)
-        os.replace(tmp, array_path)  # the commit point: readers look for the array
+        atomic_write_text(index_path, json.dumps({"version": CACHE_VERSION, "root": str(root), "size": size, "channels": channels, "paths": paths}))
+        atomic_replace(tmp, array_path)  # the commit point: readers look for the array
         cache = _open(array_path, index_path)
         cache.build_seconds = time.perf_counter() - start
         log.info("image cache built in %.1f s (%.0f MB)", cache.build_seconds, array_path.stat().st_size / 2**20)

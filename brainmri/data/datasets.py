@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import logging
-import os
 import random
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +24,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from brainmri.errors import DatasetError
+from brainmri.rundir import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -266,16 +267,20 @@ def class_counts(samples: Sequence[Sample]) -> list[int]:
     return [counts.get(i, 0) for i in range(len(CLASS_NAMES))]
 
 
+def first_per_class(samples: Sequence[Sample], k: int) -> list[Sample]:
+    """The first ``k`` samples of each class, in class order: a fixed set for figures."""
+    return [s for label in range(len(CLASS_NAMES)) for s in [x for x in samples if x.label == label][:k]]
+
+
 def write_split(path: Path, splits: DatasetSplits) -> None:
     """The exact split as CSV (file, class, split), so any run can be reproduced."""
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["file", "class", "split"])
-        for name, samples in (("train", splits.train), ("val", splits.val), ("test", splits.test or [])):
-            for s in samples:
-                writer.writerow([s.path, CLASS_NAMES[s.label], name])
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["file", "class", "split"])
+    for name, samples in (("train", splits.train), ("val", splits.val), ("test", splits.test or [])):
+        for s in samples:
+            writer.writerow([s.path, CLASS_NAMES[s.label], name])
+    atomic_write_text(path, text.getvalue())
 
 
 def read_split(path: Path, root: Path, has_test: bool) -> DatasetSplits:

@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from brainmri.config import AugmentConfig, DataConfig
 from brainmri.data.batch_augment import BatchAugment
-from brainmri.data.cache import CachedDataset, CachedRows, ResidentCache, open_or_build, resident_fits
-from brainmri.data.datasets import DatasetSplits, ImageDataset, Sample
+from brainmri.data.cache import CachedDataset, CachedRows, ImageCache, ResidentCache, decode_resized, open_or_build, resident_fits
+from brainmri.data.datasets import DatasetSplits, ImageDataset, Sample, load_image
 from brainmri.data.transforms import build_eval_transform, build_train_transform, resolve_augment
 from brainmri.errors import ConfigError
 
@@ -86,6 +86,30 @@ class Loaders:
     cache_upload_seconds: float = 0.0
 
 
+def place_cache(cache: ImageCache, location: str, device: torch.device) -> Optional[ResidentCache]:
+    """The cache resident on ``device``, or None to keep it on the host (``data.cache_location``).
+
+    ``auto`` keeps it resident when it takes at most a quarter of the device's free memory;
+    an explicit ``device`` that cannot fit at all is a config error before anything moves.
+    """
+    nbytes = cache.array.nbytes
+    if location == "auto":
+        location = "device" if resident_fits(nbytes, device) else "host"
+        if location == "host":
+            log.info("image cache (%.1f GB) kept on the host: too large for a quarter of %s's free memory", nbytes / 1e9, device)
+    elif location == "device" and not resident_fits(nbytes, device, fraction=1.0):
+        free = torch.cuda.mem_get_info(device)[0]
+        raise ConfigError(
+            f"data.cache_location=device: the image cache ({nbytes / 1e9:.1f} GB) does not fit in "
+            f"{device}'s free memory ({free / 1e9:.1f} GB); use data.cache_location=host or auto"
+        )
+    if location != "device":
+        return None
+    resident = ResidentCache(cache, device)
+    log.info("image cache resident on %s (%.2f GB, %.1f s)", device, nbytes / 1e9, resident.upload_seconds)
+    return resident
+
+
 def build_loaders(
     splits: DatasetSplits,
     data: DataConfig,
@@ -93,46 +117,29 @@ def build_loaders(
     batch_size: int,
     mean: Sequence[float],
     std: Sequence[float],
+    device: torch.device,
     num_local_processes: int = 1,
-    drop_last_train: bool = False,
-    device: Optional[torch.device] = None,
 ) -> Loaders:
     """Train, val and test loaders for ``data.pipeline``; every item is (image, label, index).
 
-    ``device`` is where training runs (default: the first GPU if any, else the CPU). With
-    the cache resident there, "image" is the cache row and the batch transforms, which
-    start with a :class:`ResidentCache`, turn it into pixels.
+    ``device`` is where training runs. With the cache resident there, "image" is the cache
+    row and the batch transforms, which start with a :class:`ResidentCache`, turn it into pixels.
     """
-    on_gpu = torch.cuda.is_available()
-    device = device or torch.device("cuda" if on_gpu else "cpu")
+    on_gpu = device.type == "cuda"
     params = resolve_augment(augment)
     workers = pipeline_workers(data.num_workers, data.pipeline, on_gpu, num_local_processes)
-    train_tf = eval_tf = None
-    train_batch: Optional[nn.Module] = None
-    eval_batch: Optional[nn.Module] = None
-    cache = resident = None
+    train_tf = eval_tf = train_batch = eval_batch = cache = resident = None
     if data.pipeline == "cached":
-        cache_dir = Path(data.cache_dir or Path.home() / ".cache" / "brainmri").expanduser()
+        if data.cache_dir is None:
+            raise ConfigError("data.cache_dir is not set: the cached pipeline needs a folder for its image cache")
         everything = splits.train + splits.val + (splits.test or [])
-        cache = open_or_build(splits.root, everything, data.image_size, data.channels, cache_dir, auto_workers(1))
+        cache = open_or_build(splits.root, everything, data.image_size, data.channels, Path(data.cache_dir).expanduser(), auto_workers(1))
         train_batch = BatchAugment(params, data.image_size, mean, std, train=True)
         eval_batch = BatchAugment(params, data.image_size, mean, std, train=False)
-        location = data.cache_location
-        if location == "auto":
-            location = "device" if resident_fits(cache.array.nbytes, device) else "host"
-            if location == "host":
-                log.info("image cache (%.1f GB) kept on the host: too large for a quarter of %s's free memory", cache.array.nbytes / 1e9, device)
-        elif location == "device" and not resident_fits(cache.array.nbytes, device, fraction=1.0):
-            free = torch.cuda.mem_get_info(device)[0]
-            raise ConfigError(
-                f"data.cache_location=device: the image cache ({cache.array.nbytes / 1e9:.1f} GB) does not fit in "
-                f"{device}'s free memory ({free / 1e9:.1f} GB); use data.cache_location=host or auto"
-            )
-        if location == "device":
-            resident = ResidentCache(cache, device)
+        resident = place_cache(cache, data.cache_location, device)
+        if resident is not None:
             train_batch, eval_batch = nn.Sequential(resident, train_batch), nn.Sequential(resident, eval_batch)
             workers = 0  # an item is two integers
-            log.info("image cache resident on %s (%.2f GB, %.1f s)", device, cache.array.nbytes / 1e9, resident.upload_seconds)
     else:
         train_tf = build_train_transform(params, data.image_size, mean, std)
         eval_tf = build_eval_transform(data.image_size, mean, std)
@@ -144,15 +151,8 @@ def build_loaders(
             dataset = CachedDataset(cache, samples)
         else:
             dataset = ImageDataset(splits.root, samples, data.channels, transform)
-        return DataLoader(
-            IndexedDataset(dataset),
-            batch_size=batch_size,
-            shuffle=train,
-            num_workers=workers,
-            pin_memory=on_gpu and resident is None,
-            persistent_workers=workers > 0,
-            drop_last=train and drop_last_train,
-        )
+        return DataLoader(IndexedDataset(dataset), batch_size=batch_size, shuffle=train, num_workers=workers,
+                          pin_memory=on_gpu and resident is None, persistent_workers=workers > 0)
 
     return Loaders(
         train=loader(splits.train, train_tf, train=True),
@@ -164,3 +164,26 @@ def build_loaders(
         cache_on_device=resident is not None,
         cache_upload_seconds=resident.upload_seconds if resident is not None else 0.0,
     )
+
+
+def preview_augmentation(
+    root: Path, samples: Sequence[Sample], data: DataConfig, augment: AugmentConfig,
+    mean: Sequence[float], std: Sequence[float], seed: int,
+) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+    """(original in [0, 1], augmented and normalized, label) of each sample, through the
+    augmentation the run trains with: :class:`BatchAugment` on uint8 batches for the cached
+    pipeline, the per-image torchvision transform for ``pil``. Seeded, and on its own RNG
+    stream, so the figure neither varies between runs nor shifts training's randomness."""
+    params = resolve_augment(augment)
+    size, channels = data.image_size, data.channels
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if data.pipeline == "cached":
+            batch = torch.stack([decode_resized(root / s.path, size, channels) for s in samples])
+            originals = list(batch.float() / 255)
+            augmented = list(BatchAugment(params, size, mean, std, train=True)(batch))
+        else:
+            train_tf, plain = build_train_transform(params, size, mean, std), build_eval_transform(size, [0.0] * channels, [1.0] * channels)
+            images = [load_image(root / s.path, channels) for s in samples]
+            originals, augmented = [plain(im) for im in images], [train_tf(im) for im in images]
+    return [(o, a, s.label) for o, a, s in zip(originals, augmented, samples)]

@@ -34,13 +34,9 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
     return wrap
 
 
-def list_models(include_timm: bool = False) -> list[str]:
-    names = sorted(_REGISTRY)
-    return names + (timm.list_models() if include_timm else [])
-
-
-def is_model(name: str) -> bool:
-    return name in _REGISTRY or timm.is_model(name)
+def list_models() -> list[str]:
+    """The registered names (timm's models are available besides these)."""
+    return sorted(_REGISTRY)
 
 
 def _study_factory(name: str) -> ModelFactory:

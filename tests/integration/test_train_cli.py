@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from brainmri.rundir import read_jsonl
 from tests.conftest import REPO, fast_overrides, make_dataset, python, run_script
@@ -251,16 +253,18 @@ def test_both_pipelines_train(tmp_path, pipeline):
 
 
 def test_bench_writes_json_with_positive_numbers(tmp_path):
-    proc = run_script(python(str(REPO / "launch" / "bench.py"), "recipe=demo", "--json", "--steps=2", "--warmup=1", "--rounds=2",
+    proc = run_script(python(str(REPO / "launch" / "bench.py"), "recipe=demo", "--json", "--steps=2", "--warmup=1", "--rounds=2", "--pipelines=cached,pil",
                              "data.image_size=64", "train.batch_size=8", f"data.cache_dir={tmp_path}"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     for pipeline in ("cached", "pil"):
         for key in ("pipeline_img_s", "model_img_s", "train_img_s", "ratio"):
             assert result[pipeline][key] > 0, (pipeline, key)
-    from brainmri.engine import resolve_precision
+    from brainmri.distributed import cpu_has_native_bf16, resolve_precision
 
-    assert result["cache_build_s"] > 0 and result["peak_rss_mb"] > 0 and result["precision"] == resolve_precision("auto")
+    assert result["cache_build_s"] > 0 and result["peak_rss_mb"] > 0
+    assert result["precision"] == resolve_precision("auto", torch.device("cpu"))
+    assert result["cpu_native_bf16"] is cpu_has_native_bf16() and result["cpu"]
     assert result["device"].startswith("cpu") and result["cache_on_device"] is True
     assert result["steps"] == 2 and result["rounds"] == 2
     assert list(tmp_path.iterdir()) == []  # the benchmark's scratch cache is removed
@@ -275,8 +279,8 @@ def test_bench_rejects_a_bad_count_in_one_line(tmp_path):
 STOP_SCRIPT = """
 import sys, threading, time
 from pathlib import Path
-sys.path.insert(0, sys.argv[1])
-from launch import train
+sys.path.insert(0, sys.argv[1] + "/launch")
+import train
 from brainmri.engine import TrainingInterrupted
 
 out, stop = Path(sys.argv[2]), threading.Event()
@@ -309,3 +313,25 @@ def test_single_process_stop_request_keeps_finished_epochs_and_resumes(tmp_path)
     final = run_script(python(TRAIN, *args, "resume=auto"))
     assert final.returncode == 0, final.stderr[-2000:]
     assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+FIXTURE = REPO / "tests" / "fixtures" / "run_v1"
+
+
+def test_resumes_a_run_written_before_the_engine_was_split(tmp_path):
+    """tests/fixtures/run_v1 is epoch 1 of 2 as brainmri 0.1 (commit 0545f91) wrote it; today's
+    Trainer continues it: the old history stays exactly, the schedule goes on from step 8."""
+    out = tmp_path / "run"
+    shutil.copytree(FIXTURE, out)
+    proc = run_script(python(TRAIN, "recipe=demo", "model.name=cnn0", "data.image_size=64", "train.epochs=2",
+                             "train.batch_size=16", "augment.preset=none", "tracking.wandb=disabled", f"output_dir={out}",
+                             f"data.cache_dir={tmp_path / 'cache'}", "resume=auto"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = read_jsonl(out / "metrics.jsonl")
+    assert history[0] == read_jsonl(FIXTURE / "metrics.jsonl")[0]
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert history[1]["lr"] == pytest.approx(0.00138268590163136)  # one-cycle over 16 steps, at step 8
+    state = json.loads((out / "checkpoints" / "epoch_0002" / "train_state.json").read_text())
+    assert state["step"] == 16 and [r["epoch"] for r in state["history"]] == [1, 2]
+    assert json.loads((out / "results.json").read_text())["test/size"] == 40
+    assert "differs from" in proc.stderr and "train.epochs" in proc.stderr  # extended on purpose, and said so

@@ -1,6 +1,7 @@
 import torch
 
 from brainmri import figures
+from brainmri.records import EpochRecord
 
 
 def test_figures_render_to_png(tmp_path):
@@ -10,8 +11,7 @@ def test_figures_render_to_png(tmp_path):
     pairs = [(torch.rand(1, 16, 16), torch.rand(1, 16, 16) * 2 - 1, label) for label in range(4) for _ in range(2)]
     figures.save_figure(figures.augmentation_grid(pairs, names, [0.5], [0.5]), tmp_path / "b.png")
     figures.save_figure(figures.confusion_matrix([[3, 1, 0, 0], [0, 2, 0, 0], [0, 0, 0, 0], [1, 0, 0, 4]], names), tmp_path / "c.png")
-    history = [{"epoch": e, "train/loss": 1 / e, "val/loss": 1.2 / e, "train/acc": 0.5, "val/acc": 0.4,
-                "train/macro_f1": 0.5, "val/macro_f1": 0.3} for e in (1, 2, 3)]
+    history = [EpochRecord(e, 1 / e, 0.5, 0.5, 10.0, 1.0, 1.2 / e, 0.4, 0.3, 1e-3, 1.0) for e in (1, 2, 3)]
     figures.save_figure(figures.training_curves(history, best_epoch=2), tmp_path / "d.png")
     for name in "abcd":
         data = (tmp_path / f"{name}.png").read_bytes()

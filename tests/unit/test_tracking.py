@@ -1,10 +1,11 @@
-from pathlib import Path
+"""brainmri/tracking.py: when W&B goes online, and the Tracker's life from start to finish."""
 
 import pytest
 
 from brainmri.config import TrackingConfig
 from brainmri.errors import ConfigError
-from brainmri.tracking import resolve_mode, wandb_credentials_present
+from brainmri.rundir import RunDir
+from brainmri.tracking import Tracker, resolve_mode, wandb_credentials_present
 
 
 def test_auto_is_online_with_an_api_key(tmp_path):
@@ -36,3 +37,42 @@ def test_tracking_config_validation():
         TrackingConfig(wandb="cloud")
     with pytest.raises(ConfigError, match="tracking.log_every"):
         TrackingConfig(log_every=0)
+
+
+class MainProcess:
+    """The parts of an Accelerator a disabled Tracker touches."""
+
+    is_main_process = True
+
+
+def test_tracker_needs_a_resolved_mode(tmp_path):
+    with pytest.raises(ValueError, match="resolve_mode"):
+        Tracker(MainProcess(), TrackingConfig(), RunDir(tmp_path), "auto")
+
+
+def test_disabled_tracker_does_nothing(tmp_path):
+    tracker = Tracker(MainProcess(), TrackingConfig(wandb="disabled"), RunDir(tmp_path), "disabled")
+    tracker.start({"a": 1})
+    tracker.log({"epoch": 1})
+    tracker.log_figure("x", tmp_path / "missing.png")
+    assert tracker.finish() is None and list(tmp_path.iterdir()) == []
+
+
+def test_offline_tracker_writes_one_run_and_says_how_to_upload_it(tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    from tests.wandb_records import summarize
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = RunDir(tmp_path)
+    tracker = Tracker(Accelerator(cpu=True), TrackingConfig(name="unit"), run, "offline")
+    tracker.start({"optim": {"lr": 0.5}})
+    tracker.log({"epoch": 1, "val/acc": 0.75})
+    command = tracker.finish()
+    assert command == f"wandb sync {tmp_path / 'wandb'}/offline-run-*"
+    (offline,) = (tmp_path / "wandb").glob("offline-run-*")
+    run_id = (tmp_path / "wandb_id.txt").read_text().strip()
+    data = summarize(next(offline.glob("run-*.wandb")))
+    assert data["run_ids"] == {run_id} and data["config"]["optim"]["lr"] == 0.5
+    assert any(row.get("val/acc") == 0.75 for row in data["history"])
+    assert tracker.finish() is None  # finishing twice is harmless

@@ -1,8 +1,10 @@
+"""brainmri/optim.py: the optimizer factory and the schedules, including a resumed schedule."""
+
 import pytest
 import torch
 
 from brainmri.config import OptimConfig
-from brainmri.engine import TrainState, build_optimizer, build_scheduler
+from brainmri.optim import build_optimizer, build_scheduler, fast_forward
 
 
 def lrs(cfg: OptimConfig, steps_per_epoch: int, epochs: int, start: int = 0, n: int | None = None):
@@ -41,18 +43,9 @@ def test_weight_decay_skips_biases_and_norms():
     assert decays == [0.0, 0.05]
 
 
-def test_train_state_round_trip():
-    state = TrainState(epoch=3, step=30, best_metric=0.8, best_epoch=2, history=[{"epoch": 1, "val/acc": 0.5}])
-    again = TrainState()
-    again.load_state_dict(state.state_dict())
-    assert again == state
-
-
-def test_auto_precision_follows_the_hardware():
-    from brainmri.engine import resolve_precision
-
-    for explicit in ("no", "bf16", "fp16"):
-        assert resolve_precision(explicit) == explicit
-    if not torch.cuda.is_available():
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        assert resolve_precision("auto") == ("bf16" if native else "no")
+def test_fast_forward_never_runs_past_the_schedule():
+    cfg = OptimConfig(lr=1e-2, schedule="onecycle")
+    opt = build_optimizer(torch.nn.Linear(2, 2), cfg)
+    sched = build_scheduler(opt, cfg, 5, 2)
+    fast_forward(sched, 1000, 10)  # a run extended past its first schedule's end
+    assert sched.last_epoch == 9 and opt.param_groups[0]["lr"] < 1e-4

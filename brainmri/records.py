@@ -1,0 +1,153 @@
+"""Typed records that cross module boundaries, and their JSON form on disk.
+
+``dataset.json``, each line of ``metrics.jsonl`` and ``results.json`` are a contract other
+tools read, so the records convert to and from exactly those keys (``train/loss``,
+``val/macro_f1``...) while the code passes attributes around. The one rule of which way
+a metric improves lives here too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+SELECT_METRICS = ("val/macro_f1", "val/acc", "val/loss")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Losses improve downwards; accuracies, F1 and AUCs upwards."""
+    return metric.rsplit("/", 1)[-1].endswith("loss")
+
+
+def is_better(metric: str, value: float, best: Optional[float]) -> bool:
+    """Whether ``value`` beats ``best`` (None: nothing yet, so anything does)."""
+    if best is None:
+        return True
+    return value < best if lower_is_better(metric) else value > best
+
+
+def best_of(metric: str, values: list[float]) -> Optional[float]:
+    if not values:
+        return None
+    return min(values) if lower_is_better(metric) else max(values)
+
+
+@dataclass
+class DatasetInfo:
+    """What a run measured of its data once (``dataset.json``): evaluation reuses it."""
+
+    class_names: list[str]
+    counts: dict[str, Optional[list[int]]]  # train / val / test: images per class (test None without Testing/)
+    image_size: int
+    channels: int
+    mean: list[float]
+    std: list[float]
+    bad_images: int = 0
+    dedup: str = "none"
+    train_test_leaks: int = 0  # test images with a Training twin (dropped from test when dedup=train_test)
+
+    _ORDER = ("class_names", "counts", "bad_images", "dedup", "train_test_leaks", "image_size", "channels", "mean", "std")
+
+    def to_json(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in self._ORDER}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "DatasetInfo":
+        """Also reads the dataset.json of older runs, which lack the later fields."""
+        return cls(**{k: data[k] for k in cls._ORDER if k in data})
+
+
+# JSON key of each EpochRecord field, in the order metrics.jsonl has always written them.
+_EPOCH_KEYS = {
+    "epoch": "epoch",
+    "train_loss": "train/loss",
+    "train_acc": "train/acc",
+    "train_macro_f1": "train/macro_f1",
+    "throughput": "throughput",
+    "train_time": "train_time",
+    "val_loss": "val/loss",
+    "val_acc": "val/acc",
+    "val_macro_f1": "val/macro_f1",
+    "lr": "lr",
+    "epoch_time": "epoch_time",
+    "gpu_mem_peak_gb": "gpu_mem_peak_gb",
+}
+
+
+@dataclass
+class TrainEpoch:
+    """What one pass over the training split measured."""
+
+    loss: float
+    acc: float
+    macro_f1: float
+    throughput: float  # images per second over the whole epoch, as users see it
+    seconds: float
+
+
+@dataclass
+class EpochRecord:
+    """One finished epoch: a line of ``metrics.jsonl`` and an entry of the checkpoint's history."""
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    train_macro_f1: float
+    throughput: float
+    train_time: float
+    val_loss: float
+    val_acc: float
+    val_macro_f1: float
+    lr: float
+    epoch_time: float
+    gpu_mem_peak_gb: Optional[float] = None  # CUDA only
+
+    def to_json(self) -> dict[str, Any]:
+        out = {key: getattr(self, name) for name, key in _EPOCH_KEYS.items()}
+        if out["gpu_mem_peak_gb"] is None:
+            del out["gpu_mem_peak_gb"]
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "EpochRecord":
+        return cls(**{name: data[key] for name, key in _EPOCH_KEYS.items() if key in data})
+
+    def value(self, metric: str) -> float:
+        """A metric by its JSON name (``val/macro_f1``), as ``train.select_metric`` names it."""
+        by_key = {key: name for name, key in _EPOCH_KEYS.items()}
+        if metric not in by_key:
+            raise KeyError(f"no metric {metric!r} in an epoch record")
+        return getattr(self, by_key[metric])
+
+    def val_metrics(self) -> dict[str, float]:
+        return {"val/loss": self.val_loss, "val/acc": self.val_acc, "val/macro_f1": self.val_macro_f1}
+
+
+@dataclass
+class RunResults:
+    """The test of the best epoch's weights (``results.json``)."""
+
+    best_epoch: int
+    select_metric: str
+    best_value: float
+    world_size: int
+    mixed_precision: str
+    best_val: dict[str, float]  # the best epoch's val/* metrics
+    test: Optional[dict[str, Any]] = None  # brainmri.metrics.classification_metrics of the test split
+    test_size: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "best_epoch": self.best_epoch,
+            "select_metric": self.select_metric,
+            "best_value": self.best_value,
+            "world_size": self.world_size,
+            "mixed_precision": self.mixed_precision,
+            **self.best_val,
+        }
+        if self.test is None:
+            out["test"] = None
+        else:
+            out.update(self.test)
+            out["test/size"] = self.test_size
+        return out

@@ -1,0 +1,61 @@
+"""brainmri/evaluation.py: finding and rebuilding a trained model, and scoring a split,
+on a run written by brainmri 0.1 (tests/fixtures/run_v1: cnn0 at 64 px on the demo data)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from brainmri.errors import CheckpointError, DatasetError
+from brainmri.evaluation import evaluate, find_images, load_trained, locate, predict_probs, recorded_leaks, split_samples
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "run_v1"
+CPU = torch.device("cpu")
+
+
+def test_locate_a_run_a_weights_file_or_a_checkpoint_folder(tmp_path):
+    assert locate(str(FIXTURE), None) == (FIXTURE, FIXTURE / "best.safetensors")
+    assert locate(None, str(FIXTURE / "best.safetensors")) == (FIXTURE, FIXTURE / "best.safetensors")
+    folder = FIXTURE / "checkpoints" / "epoch_0001"
+    assert locate(None, str(folder)) == (FIXTURE, folder / "model.safetensors")
+    for run, checkpoint, message in [(None, None, "give run="), (str(tmp_path / "nope"), None, "run directory not found"),
+                                     (str(tmp_path), None, "has no best.safetensors"), (None, str(tmp_path / "x.pth"), "not found")]:
+        with pytest.raises(CheckpointError, match=message):
+            locate(run, checkpoint)
+
+
+def test_an_old_run_loads_with_its_normalization_and_precision():
+    trained = load_trained(str(FIXTURE), device=CPU)
+    assert trained.cfg.model.name == "cnn0" and trained.image_size == 64 and trained.cfg.figures.samples_per_class == 3
+    assert trained.mean == [0.5, 0.5, 0.5] and trained.precision in ("bf16", "no")
+    probs = predict_probs(trained, torch.zeros(2, 3, 64, 64), tta="hflip")
+    assert probs.shape == (2, 4) and torch.allclose(probs.sum(1), torch.ones(2))
+
+
+def test_a_weights_file_alone_carries_its_config(tmp_path):
+    shutil.copy(FIXTURE / "best.safetensors", tmp_path / "model.safetensors")
+    trained = load_trained(checkpoint=str(tmp_path / "model.safetensors"), device=CPU)
+    assert trained.run_dir is None and trained.cfg.data.image_size == 64 and trained.std == [0.5, 0.5, 0.5]
+    with pytest.raises(CheckpointError, match="needs the run directory"):
+        split_samples(trained, None, "test")
+
+
+def test_evaluate_scores_the_test_split_with_and_without_leaked_images():
+    trained = load_trained(str(FIXTURE), device=CPU)
+    splits = split_samples(trained, None, "test")
+    leaks = recorded_leaks(trained, splits.test)
+    assert leaks == {line.split("\t")[0]: line.split("\t")[1] for line in (FIXTURE / "test_leaks.tsv").read_text().splitlines()[1:]}
+    result = evaluate(trained, splits, "test", batch_size=16)
+    assert result["metrics"]["test/acc"] == pytest.approx(0.25) and len(result["targets"]) == 40
+    assert result["leakage_free"]["size"] == 40 - len(leaks)
+
+
+def test_find_images_names_the_culprit(tmp_path):
+    with pytest.raises(DatasetError, match="no such image or folder"):
+        find_images([str(tmp_path / "nope.png")])
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match="1 unreadable image"):
+        find_images([str(tmp_path)])

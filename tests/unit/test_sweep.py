@@ -1,0 +1,85 @@
+"""brainmri/sweep.py: sweep files, trial expansion, the manifest and trial results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from brainmri.errors import ConfigError
+from brainmri.sweep import TrialRecord, expand_trials, load_sweep, read_manifest, trial_name, trial_result, write_manifest
+
+REPO = Path(__file__).resolve().parents[2]
+SWEEPS = REPO / "recipes" / "sweeps"
+
+
+def sweep_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_every_shipped_sweep_loads_and_expands():
+    for path in sorted(SWEEPS.glob("*.yaml")):
+        spec, source = load_sweep(path.stem, SWEEPS)
+        trials = expand_trials(spec)
+        assert source == path and trials and len({t.name for t in trials}) == len(trials)
+
+
+def test_grid_times_random_draws_is_seeded_and_named(tmp_path):
+    path = sweep_file(tmp_path, """
+recipe: demo
+overrides: {train.epochs: 2}
+grid: {optim.lr: [0.001, 0.003]}
+random: {trials: 3, seed: 5, axes: {model.dropout: {uniform: [0.1, 0.5]}, optim.name: {choice: [adam, adamw]}}}
+""")
+    spec, _ = load_sweep(str(path), SWEEPS)
+    trials = expand_trials(spec)
+    assert len(trials) == 6 and [t.index for t in trials] == list(range(6))
+    assert all(t.overrides["train.epochs"] == 2 for t in trials)
+    assert [t.overrides for t in trials] == [t.overrides for t in expand_trials(spec)]  # re-runs match
+    assert trials[0].name.startswith("t00-lr=0.001-dropout=")
+    assert all(0.1 <= t.overrides["model.dropout"] <= 0.5 for t in trials)
+    assert trials[0].args()[0] == "train.epochs=2"
+
+
+def test_trial_names_are_safe_folder_names():
+    assert trial_name(3, {"model.widths": [4, 8], "optim.name": "a b/c"}) == "t03-widths=4-8-name=a_b_c"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("recipe: demo\ngird: {optim.lr: [1]}\n", "unknown key 'gird'"),
+    ("grid: {optim.lr: [1]}\n", "needs a base 'recipe:'"),
+    ("recipe: demo\ngrid: {optim.lr: 0.1}\n", "must be a non-empty list"),
+    ("recipe: demo\ngrid: {slurm.nodes: [1, 2]}\n", "cannot vary across trials"),
+    ("recipe: demo\nrandom: {trials: 2, axes: {optim.lr: {loguniform: [0, 1]}}}\n", "loguniform"),
+    ("recipe: demo\nrandom: {trials: 2, axes: {optim.lr: {normal: [0, 1]}}}\n", "unknown key 'normal'"),
+])
+def test_bad_sweep_files_name_the_problem(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_sweep(str(sweep_file(tmp_path, text)), SWEEPS)
+
+
+def test_unknown_sweep_name_suggests_the_nearest():
+    with pytest.raises(ConfigError, match="unknown sweep 'cnn_lrr'; did you mean 'cnn_lr'"):
+        load_sweep("cnn_lrr", SWEEPS)
+
+
+def test_manifest_round_trip(tmp_path):
+    records = [TrialRecord(0, "t00", {"optim.lr": 0.1}, str(tmp_path / "t00"), job_id="12_0", state="running")]
+    write_manifest(tmp_path / "manifest.json", "demo", "demo.yaml", records, {"metric": "val/acc"})
+    data = read_manifest(tmp_path / "manifest.json")
+    assert data["metric"] == "val/acc" and [TrialRecord(**t) for t in data["trials"]] == records
+    assert read_manifest(tmp_path / "absent.json") == {}
+
+
+def test_trial_result_takes_the_best_epoch_by_the_metric_direction(tmp_path):
+    run = tmp_path / "t00"
+    run.mkdir()
+    lines = [{"epoch": 1, "val/acc": 0.5, "val/loss": 0.9}, {"epoch": 2, "val/acc": 0.7, "val/loss": 1.1}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert trial_result(run, "val/acc") == {"completed": False, "best": 0.7, "test_acc": None, "epochs": 2}
+    (run / "results.json").write_text(json.dumps({"test/acc": 0.66}))
+    assert trial_result(run, "val/loss") == {"completed": True, "best": 0.9, "test_acc": 0.66, "epochs": 2}
+    assert trial_result(tmp_path / "missing", "val/acc")["best"] is None
