@@ -1,7 +1,7 @@
 """Measure a GPU machine in one command: the benchmark at 224 and 512 px with the image cache on
 the device and on the host, then a short ``sartaj_gpu`` training; one JSON object at the end.
 
-    python tools/gpu_check.py --make-data ../shared/datasets/sartaj .gpu-data/sartaj   # here, once (~20 MB)
+    python tools/gpu_check.py --make-data ../shared/datasets/sartaj .gpu-data/sartaj   # here, once (~47 MB)
     bash tools/gpu_check.sh .gpu-data/sartaj                                          # on the GPU machine
     python tools/gpu_check.py --dry                                                   # every step, tiny, on a CPU
 

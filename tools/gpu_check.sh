@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Measure a GPU machine in one command of at most 8 minutes (tools/gpu_check.py says what it runs).
 #
-#   bash tools/gpu_check.sh --prepare [SARTAJ]   # here: Sartaj resized into .gpu-data/ (~20 MB), and
+#   bash tools/gpu_check.sh --prepare [SARTAJ]   # here: Sartaj resized into .gpu-data/ (~47 MB), and
 #                                                # wheels the GPU image lacks into .whl/ (both git-ignored)
 #   bash tools/gpu_check.sh                      # there, with .gpu-data and .whl carried: one JSON line
 #   bash tools/gpu_check.sh --dry                # every step, tiny, on this CPU
@@ -13,10 +13,8 @@ python=${PYTHON:-python3}
 if [[ "${1:-}" == "--prepare" ]]; then
     "$python" tools/gpu_check.py --make-data "${2:-../shared/datasets/sartaj}" .gpu-data/sartaj
     # The GPU image has torch, timm, accelerate, torchmetrics, rich, safetensors, matplotlib,
-    # scikit-learn and opencv, but not these (antlr4 4.9 ships only as source: built here).
-    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux2014_x86_64 -d .whl omegaconf==2.3.0 grad-cam==1.5.5 ttach==0.0.3
-    python3 -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3
+    # scikit-learn and opencv, but not these; all pure Python (some ship only as source).
+    "$python" -m pip wheel -q --no-deps -w .whl omegaconf==2.3.0 antlr4-python3-runtime==4.9.3 grad-cam==1.5.5 ttach==0.0.3
     ls .whl
     exit 0
 fi

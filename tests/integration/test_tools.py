@@ -20,3 +20,11 @@ def test_gpu_check_dry_runs_every_step_and_prints_one_json():
             assert bench["cache_on_device"] is (location == "device")
     training = result["sartaj_gpu"]
     assert training["epochs"] == 1 and len(training["train_img_s_per_epoch"]) == 1 and 0 <= training["test_acc"] <= 1
+
+
+def test_cpu_levers_compares_the_four_candidates():
+    proc = run_script([sys.executable, "tools/cpu_levers.py", "--size", "32", "--steps", "1", "--rounds", "2"], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [(r["channels_last"], r["batch"]) for r in rows] == [(True, 32), (False, 32), (True, 16), (False, 16)]
+    assert all(r["img_s"] > 0 for r in rows) and proc.stdout.count("round ") == 8

@@ -25,18 +25,22 @@ class Process:
         self.device = torch.device("cpu")
 
 
-def make(tmp_path, main: bool) -> Reporter:
-    return Reporter(Process(main), RunDir(tmp_path / "run"), TrackingConfig(wandb="disabled"), FiguresConfig(samples_per_class=1),
-                    "disabled", show_progress=False, select_metric="val/acc")
+RECORD = EpochRecord(1, 1.0, 0.5, 0.4, 10.0, 1.0, 1.0, 0.5, 0.4, 1e-3, 1.0)
+
+
+def start_and_epoch(tmp_path, dataset, main: bool) -> Reporter:
+    """A Reporter of a 2-rank run on ``main`` or another rank, through its start and one epoch."""
+    reporter = Reporter(Process(main), RunDir(tmp_path / "run"), TrackingConfig(wandb="disabled"),
+                        FiguresConfig(samples_per_class=1), "disabled", show_progress=False, select_metric="val/acc")
+    splits = scan_dataset(dataset, 0.25, 0, "error", workers=1)
+    reporter.start(splits, dataset_info(Config(), splits, [0.5] * 3, [0.5] * 3), DataConfig(image_size=32), AugmentConfig(), 0)
+    reporter.epoch(RECORD, [RECORD], 1, 2)
+    return reporter
 
 
 def test_other_ranks_report_nothing(tmp_path, tiny_dataset):
-    splits = scan_dataset(tiny_dataset, 0.25, 0, "error", workers=1)
-    info = dataset_info(Config(), splits, [0.5] * 3, [0.5] * 3)
-    reporter = make(tmp_path, main=False)
-    reporter.start(splits, info, DataConfig(image_size=32), AugmentConfig(), 0)
-    record = EpochRecord(1, 1.0, 0.5, 0.4, 10.0, 1.0, 1.0, 0.5, 0.4, 1e-3, 1.0)
-    reporter.epoch(record, [record], 1, 2)
+    reporter = start_and_epoch(tmp_path, tiny_dataset, main=False)
+    record = RECORD
     reporter.end(RunResults(1, "val/acc", 0.5, 2, "no", record.val_metrics()), [record])
     with reporter.epoch_progress(0, 2, 3) as meter:
         meter.add(4)
@@ -46,12 +50,7 @@ def test_other_ranks_report_nothing(tmp_path, tiny_dataset):
 
 
 def test_main_process_draws_the_start_and_epoch_figures(tmp_path, tiny_dataset):
-    splits = scan_dataset(tiny_dataset, 0.25, 0, "error", workers=1)
-    info = dataset_info(Config(), splits, [0.5] * 3, [0.5] * 3)
-    reporter = make(tmp_path, main=True)
-    reporter.start(splits, info, DataConfig(image_size=32), AugmentConfig(), 0)
-    record = EpochRecord(1, 1.0, 0.5, 0.4, 10.0, 1.0, 1.0, 0.5, 0.4, 1e-3, 1.0)
-    reporter.epoch(record, [record], 1, 2)
+    start_and_epoch(tmp_path, tiny_dataset, main=True)
     names = sorted(p.name for p in (tmp_path / "run" / "figures").iterdir())
     assert names == ["augmentations.png", "class_distribution.png", "curves.png"]
 
