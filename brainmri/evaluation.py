@@ -138,9 +138,10 @@ def load_trained(run: Optional[str] = None, checkpoint: Optional[str] = None, de
         info = meta.get("dataset")
     else:
         raise CheckpointError(f"{weights} carries no config and has no run directory beside it: give run=RUN_DIR too")
-    if not info or "mean" not in json.loads(info):
+    recorded = json.loads(info) if info else {}
+    if "mean" not in recorded:
         raise CheckpointError(f"no normalization statistics for {weights} (dataset.json missing)")
-    stats = DatasetInfo.from_json(json.loads(info))
+    stats = DatasetInfo.from_json(recorded)
     # Never fetch pretrained weights at evaluation: the trained weights replace them anyway.
     model_cfg = dataclasses.replace(cfg.model, pretrained=False, pretrained_file=None)
     model = build_model(model_cfg, cfg.in_chans, cfg.data.image_size, len(CLASS_NAMES))

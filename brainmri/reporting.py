@@ -143,8 +143,9 @@ class Reporter:
 
     @main_only
     def step(self, meter: StepMeter, optimizer_step: int, stepped: bool, loss: torch.Tensor, lr: float) -> None:
-        log_now = meter.log_now(optimizer_step, stepped) and self.tracker.enabled
-        show = self._progress is not None and (meter.log_now(optimizer_step, stepped) or meter.batches == 1)
+        due = meter.log_now(optimizer_step, stepped)
+        log_now = due and self.tracker.enabled
+        show = self._progress is not None and (due or meter.batches == 1)
         value = loss.item() if (log_now or show) else None
         if self._progress is not None:
             fields = {"ips": meter.rate(), **({"loss": value} if value is not None else {})}
