@@ -27,6 +27,8 @@ def setup_logging(is_main: bool, level: int = logging.INFO) -> None:
         handlers=[RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)],
         force=True,
     )
+    # Each node builds its own image cache: every rank says when it builds or waits.
+    logging.getLogger("brainmri.data.cache").setLevel(level)
     # Accelerate reports every file it checkpoints at INFO; one line per epoch is ours.
     for noisy in ("accelerate", "timm"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

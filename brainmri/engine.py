@@ -200,7 +200,7 @@ class Trainer:
     def _check_stop(self) -> None:
         """Every rank raises together when any rank was asked to stop (see StopSignal)."""
         if self.stop.requested():
-            raise TrainingInterrupted(f"stop requested; resume continues after epoch {self.state.epoch}")
+            raise TrainingInterrupted(f"stop requested at step {self.state.step}; resume continues after epoch {self.state.epoch}")
 
     def _plain_model(self) -> nn.Module:
         # Without Accelerate's autocast wrapper: Grad-CAM reads activations as fp32 numpy arrays.

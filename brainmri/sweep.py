@@ -173,6 +173,7 @@ class TrialRecord:
     state: str = "new"  # new | submitted | pending | running | completed | failed
     stdout: Optional[str] = None
     stderr: Optional[str] = None
+    reason: str = ""  # why it is pending or why it failed, as SLURM or the wait saw it
 
 
 def read_manifest(path: Path) -> dict:

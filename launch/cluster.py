@@ -24,6 +24,7 @@ from typing import Any, Optional, Sequence
 import submitit
 
 import cli
+from binding import TaskBinding, bind_task
 from brainmri.config import SlurmConfig
 from brainmri.errors import BrainMRIError
 
@@ -36,18 +37,23 @@ def quiet_submitit() -> None:
 class TrainJob(submitit.helpers.Checkpointable):
     """``launch/train.py <args>`` as a checkpointable submitit job."""
 
-    def __init__(self, args: Sequence[str], max_requeues: int, requeues: int = 0):
+    def __init__(self, args: Sequence[str], max_requeues: int, requeues: int = 0, gpus_per_node: int = 0):
         self.args = list(args)
         self.max_requeues = max_requeues
         self.requeues = requeues
+        self.gpus_per_node = gpus_per_node
 
     def __call__(self) -> dict:
+        import torch
+
         import train
         from brainmri.engine import TrainingInterrupted
 
         env = submitit.JobEnvironment()
-        dist = submitit.helpers.TorchDistributedEnvironment()
-        dist.export(set_cuda_visible_devices=False)  # Accelerate picks the GPU from LOCAL_RANK
+        binding = task_binding(env, self.gpus_per_node)
+        os.environ.update(binding.environment())
+        if binding.threads:
+            torch.set_num_threads(binding.threads)  # torch read the thread count at import
         stop = threading.Event()
         received: list[int] = []
         submitit_handler = signal.getsignal(signal.SIGUSR2)
@@ -58,18 +64,15 @@ class TrainJob(submitit.helpers.Checkpointable):
 
         signal.signal(signal.SIGUSR2, request_stop)
         signal.signal(signal.SIGTERM, request_stop)
-        print(
-            f"[brainmri] job {env.job_id} task {dist.rank}/{dist.world_size} on {env.hostname} "
-            f"(master {dist.master_addr}:{dist.master_port}), attempt {self.requeues + 1}",
-            flush=True,
-        )
+        print(f"[brainmri] job {env.job_id} {binding.describe()}, host {env.hostname}, attempt {self.requeues + 1}", flush=True)
         output_dir = next(a.split("=", 1)[1] for a in self.args if a.startswith("output_dir="))
         try:
             code = train.main([*self.args, "resume=auto"], stop_event=stop)
-        except TrainingInterrupted:
+        except TrainingInterrupted as e:
+            print(f"[brainmri] rank {binding.rank} on node {binding.node}: {e}", flush=True)
             if signal.SIGUSR2 not in received:
                 raise  # SIGTERM alone: the job is being cancelled, not preempted
-            if dist.rank == 0 and callable(submitit_handler):
+            if binding.rank == 0 and callable(submitit_handler):
                 submitit_handler(signal.SIGUSR2, None)  # calls self.checkpoint(), requeues, exits
             # Every rank stopped at the same step and the checkpoint on disk is complete;
             # rank 0 requeues the whole job, so this task's part of the attempt is done.
@@ -83,7 +86,19 @@ class TrainJob(submitit.helpers.Checkpointable):
         if self.requeues >= self.max_requeues:
             print(f"[brainmri] not requeued: slurm.max_requeues={self.max_requeues} reached", flush=True)
             return None
-        return submitit.helpers.DelayedSubmission(TrainJob(self.args, self.max_requeues, self.requeues + 1))
+        return submitit.helpers.DelayedSubmission(TrainJob(self.args, self.max_requeues, self.requeues + 1, self.gpus_per_node))
+
+
+def task_binding(env: submitit.JobEnvironment, gpus_per_node: int) -> TaskBinding:
+    """This task's binding: from SLURM's variables on a cluster, from submitit's when local."""
+    if env.cluster == "slurm":
+        return bind_task(os.environ, env.hostnames, gpus_per_node)
+    dist = submitit.helpers.TorchDistributedEnvironment()
+    return TaskBinding(
+        rank=dist.rank, world_size=dist.world_size, local_rank=dist.local_rank, local_world_size=dist.local_world_size,
+        node_rank=env.node, num_nodes=env.num_nodes, node=env.hostname, master_addr=dist.master_addr,
+        master_port=dist.master_port, gpu=str(dist.local_rank) if gpus_per_node else None, threads=None,
+    )
 
 
 def train_args(cfg_args: Sequence[str], output_dir: Path, cpus_per_task: int, data_workers: int) -> tuple[list[str], int]:

@@ -12,47 +12,47 @@ failed (with --wait), 2 bad input.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 from rich.table import Table
 
 import cli
-from brainmri.config import load_config, parse_overrides
+from brainmri.config import SlurmConfig, load_config, parse_overrides
 from brainmri.console import console
 from brainmri.errors import BrainMRIError, ConfigError
 from brainmri.records import lower_is_better
 from brainmri.rundir import default_sweep_dir
 from brainmri.sweep import TrialRecord, expand_trials, load_sweep, read_manifest, trial_result, write_manifest
 from cluster import TrainJob, job_name, make_executor, quiet_submitit, sbatch_preview, submit_jobs, train_args
+from partition import check_partition
+from waiting import ACTIVE as QUEUE_ACTIVE
+from waiting import QueueEntry, Watch, blocking_reason, read_queue, wait_jobs
 
 FLAGS = [cli.Flag("--dry-run"), cli.Flag("--wait")]
 ACTIVE = ("pending", "running")
-SLURM_STATES = {
-    "PENDING": "pending", "CONFIGURING": "pending", "REQUEUED": "pending", "REQUEUE_HOLD": "pending",
-    "REQUEUE_FED": "pending", "RESIZING": "pending", "SUSPENDED": "pending",
-    "RUNNING": "running", "COMPLETING": "running", "STAGE_OUT": "running", "SIGNALING": "running",
-}
 
 
-def slurm_states() -> dict[str, str]:
-    """``{job_id: state}`` for every job squeue still knows (array tasks one by one)."""
-    try:
-        out = subprocess.run(["squeue", "-h", "-r", "--states=all", "-o", "%i %T"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    return dict(line.split()[:2] for line in out.stdout.splitlines() if len(line.split()) >= 2)
+def refresh(record: TrialRecord, queue: Optional[dict[str, QueueEntry]]) -> None:
+    """A trial's state from its run directory first (results.json is the truth), then squeue.
 
-
-def refresh(record: TrialRecord, states: dict[str, str]) -> None:
-    """A trial's state from its run directory first (results.json is the truth), then squeue."""
+    A job squeue no longer lists, or lists as ended, without results is a failed trial (a
+    re-run resubmits it); ``queue`` None (squeue did not answer) changes nothing."""
     if (Path(record.output_dir) / "results.json").exists():
-        record.state = "completed"
-    elif record.job_id and record.job_id in states:
-        record.state = SLURM_STATES.get(states[record.job_id], "failed")
-    elif record.job_id:
-        record.state = "failed"
+        record.state, record.reason = "completed", ""
+        return
+    if not record.job_id or queue is None:
+        return
+    entry = queue.get(record.job_id)
+    if entry is None:
+        record.state, record.reason = "failed", record.reason or "left the queue without a result"
+    elif entry.state in QUEUE_ACTIVE:
+        record.state = "running" if entry.state in ("RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING") else "pending"
+        why = blocking_reason(entry.reason) if record.state == "pending" else None
+        record.reason = f"{entry.reason}: cannot start ({why})" if why else entry.reason if entry.reason != "None" else ""
+    else:
+        record.state, record.reason = "failed", record.reason or f"ended {entry.state} without a result"
 
 
 def trial_configs(spec, trials, common: list[str], sweep_dir: Path) -> list[tuple[list[str], object]]:
@@ -72,11 +72,11 @@ def trial_configs(spec, trials, common: list[str], sweep_dir: Path) -> list[tupl
 
 def trial_records(trials, known: dict[str, TrialRecord], sweep_dir: Path, cluster: str) -> list[TrialRecord]:
     """Each trial's record: as the manifest knew it, with its state brought up to date."""
-    states = slurm_states() if known and cluster == "slurm" else {}
+    queue = read_queue() if known and cluster == "slurm" else None
     records = []
     for trial in trials:
         record = known.get(trial.name) or TrialRecord(trial.index, trial.name, trial.overrides, str(sweep_dir / trial.name))
-        refresh(record, states)
+        refresh(record, queue)
         records.append(record)
     return records
 
@@ -117,8 +117,10 @@ def run_sweep(settings: list[str], dry_run: bool, wait: bool) -> int:
         console.print(f"nothing to submit: {done} completed, {len(records) - done} pending or running")
         return 0
 
+    partition = check_partition(slurm)
     executor = make_executor(sweep_dir / "slurm", slurm, job_name(slurm, spec.recipe, "-sweep"))
     if dry_run:
+        console.print(f"{partition.describe()}: every trial fits" if partition else "not checked against sinfo")
         console.rule("sbatch script (one array job)")
         console.print(sbatch_preview(executor), markup=False, highlight=False, soft_wrap=True)
         console.print(f"would submit {len(todo)} trial(s) into {sweep_dir}")
@@ -126,7 +128,8 @@ def run_sweep(settings: list[str], dry_run: bool, wait: bool) -> int:
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     trial_jobs = [
-        TrainJob(train_args(trial_args, Path(record.output_dir), slurm.cpus_per_task, cfg.data.num_workers)[0], slurm.max_requeues)
+        TrainJob(train_args(trial_args, Path(record.output_dir), slurm.cpus_per_task, cfg.data.num_workers)[0],
+                 slurm.max_requeues, gpus_per_node=slurm.gpus_per_node)
         for record, trial_args, cfg in todo
     ]
     jobs = submit_jobs(executor, trial_jobs, "sweep")
@@ -139,14 +142,20 @@ def run_sweep(settings: list[str], dry_run: bool, wait: bool) -> int:
     console.print(f"  status: python launch/sweep.py status {sweep_dir}")
     if not wait:
         return 0
-    failed = 0
-    for job in jobs:
-        try:
-            job.results()
-        except Exception:
-            failed += 1
+    ok = wait_trials([record for record, _, _ in todo], jobs, slurm)
+    write_manifest(manifest_path, spec.name, str(source), records, extra)
     show_status(sweep_dir)
-    return 1 if failed else 0
+    return 0 if ok else 1
+
+
+def wait_trials(records: list[TrialRecord], jobs: list, slurm: SlurmConfig) -> bool:
+    """Follow every submitted trial to its end and record how it ended; True if all finished."""
+    watches = [Watch(job, f"trial {record.name} (job {job.job_id})", slurm.nodes * slurm.tasks) for record, job in zip(records, jobs)]
+    outcomes = wait_jobs(watches, slurm.cluster)
+    for record, outcome in zip(records, outcomes):
+        record.state = "completed" if outcome.ok else "failed"
+        record.reason = "" if outcome.ok else outcome.message
+    return all(o.ok for o in outcomes)
 
 
 def show_status(sweep_dir: Path) -> int:
@@ -155,10 +164,10 @@ def show_status(sweep_dir: Path) -> int:
         raise BrainMRIError(f"no sweep manifest in {sweep_dir} (expected manifest.json written by launch/sweep.py)")
     metric, varying = manifest.get("metric", "val/macro_f1"), manifest.get("varying", [])
     records = [TrialRecord(**t) for t in manifest["trials"]]
-    states = slurm_states()
+    queue = read_queue()
     rows = []
     for r in records:
-        refresh(r, states)
+        refresh(r, queue)
         rows.append((r, trial_result(Path(r.output_dir), metric)))
     lower = lower_is_better(metric)
 
@@ -170,6 +179,7 @@ def show_status(sweep_dir: Path) -> int:
     table.add_column("trial", no_wrap=True)
     table.add_column("overrides", overflow="fold")
     table.add_column("state")
+    table.add_column("reason", overflow="fold")
     table.add_column(f"best {metric}", justify="right")
     table.add_column("test acc", justify="right")
     table.add_column("epochs", justify="right")
@@ -181,6 +191,7 @@ def show_status(sweep_dir: Path) -> int:
             r.name,
             " ".join(f"{k.rsplit('.', 1)[-1]}={r.overrides.get(k)}" for k in varying),
             r.state,
+            r.reason or "",
             f"{res['best']:.4f}" if res["best"] is not None else "-",
             f"{res['test_acc']:.4f}" if res["test_acc"] is not None else "-",
             str(res["epochs"]),

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from brainmri.data.datasets import Sample, load_image
+from brainmri.errors import DatasetError
 from brainmri.rundir import atomic_replace, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -73,7 +75,37 @@ def _open(array_path: Path, index_path: Path) -> ImageCache:
     return ImageCache(array_path, array, {p: i for i, p in enumerate(paths)})
 
 
-def open_or_build(root: Path, samples: Sequence[Sample], size: int, channels: int, cache_dir: Path, workers: int) -> ImageCache:
+def acquire(lock, timeout: float, poll: float = 0.5) -> None:
+    """Take the builder's lock, saying who holds it while waiting; give up after ``timeout``.
+
+    The lock is per node (node-local scratch); on a shared ``data.cache_dir`` a builder on
+    another node may hold it, and a node that died there can leave it held (NFS), so no
+    process waits forever. The holder writes ``host pid`` into the lock file.
+    """
+    start, last_said = time.monotonic(), None
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            waited = time.monotonic() - start
+            if waited > timeout:
+                raise DatasetError(f"image cache lock {lock.name} held by {holder} for over {timeout:.0f} s; "
+                                "if that process is gone, delete the lock file") from None
+            if last_said is None or time.monotonic() - last_said >= 30:
+                log.info("waiting for %s to build the image cache (%s)", holder, lock.name)
+                last_said = time.monotonic()
+            time.sleep(poll)
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{socket.gethostname()} pid {os.getpid()}")
+    lock.flush()
+
+
+def open_or_build(root: Path, samples: Sequence[Sample], size: int, channels: int, cache_dir: Path, workers: int,
+                  lock_timeout: float = 3600.0) -> ImageCache:
     """The cache for these images at this size, building it first if no process has yet."""
     paths = sorted({s.path for s in samples})
     key = cache_key(root, paths, size, channels)
@@ -82,8 +114,8 @@ def open_or_build(root: Path, samples: Sequence[Sample], size: int, channels: in
     array_path, index_path = cache_dir / f"{stem}.npy", cache_dir / f"{stem}.json"
     if array_path.exists() and index_path.exists():
         return _open(array_path, index_path)
-    with open(cache_dir / f"{stem}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+    with open(cache_dir / f"{stem}.lock", "a+") as lock:
+        acquire(lock, lock_timeout)  # released when the file closes, also if this process dies
         if array_path.exists() and index_path.exists():  # another process built it while we waited
             return _open(array_path, index_path)
         start = time.perf_counter()

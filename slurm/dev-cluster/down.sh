@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stop the single-node dev cluster started by up.sh: cancel jobs, stop the daemons.
+# Stop the dev cluster started by up.sh: cancel jobs, stop every slurmd, slurmctld and munged.
 set -uo pipefail
 if command -v scancel >/dev/null && pgrep -x slurmctld >/dev/null; then
   scancel --user=root >/dev/null 2>&1 || true

@@ -1,4 +1,4 @@
-"""The SLURM tier runs against the real single-node cluster of slurm/dev-cluster/up.sh."""
+"""The SLURM tier runs against the real 2-node cluster of slurm/dev-cluster/up.sh."""
 
 import subprocess
 

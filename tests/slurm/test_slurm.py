@@ -1,10 +1,14 @@
-"""launch/submit.py, launch/sweep.py and the sbatch templates on a real SLURM."""
+"""launch/submit.py, launch/sweep.py and the sbatch templates on a real 2-node SLURM
+(slurm/dev-cluster/up.sh: node1 and node2, one CPU each, each job with its own TMPDIR per node)."""
 
 from __future__ import annotations
 
 import json
+import os
+import random
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +20,9 @@ from tests.conftest import REPO, python, run_script
 SUBMIT = str(REPO / "launch" / "submit.py")
 SWEEP = str(REPO / "launch" / "sweep.py")
 CPU_JOB = ["slurm.gpus_per_node=0", "slurm.cpus_per_task=1", "slurm.timeout_min=30"]
+TWO_NODES = ["slurm.nodes=2", "slurm.tasks_per_node=1", *CPU_JOB]
 SMALL = ["data.image_size=64", "train.batch_size=16"]
+ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 
 
 def queue_ids() -> set[str]:
@@ -31,45 +37,98 @@ def job_id(stdout: str) -> str:
     return match.group(1)
 
 
-def test_submit_two_task_cpu_job_and_wait(tmp_path):
+def rank_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if line.startswith("[brainmri] job ")]
+
+
+def test_two_node_job_trains_like_two_processes_on_one_node(tmp_path):
+    """Rank 0 on node1, rank 1 on node2, rendezvous at node1; each node builds its own image
+    cache in its own TMPDIR; the test metrics equal a 2-process run on one machine (same
+    seed, one thread per process: the job's tasks have one CPU each)."""
     out = tmp_path / "run"
-    proc = run_script(
-        python(SUBMIT, "recipe=demo", f"output_dir={out}", "slurm.tasks_per_node=2", "train.epochs=1",
-               "tracking.wandb=offline", *CPU_JOB, *SMALL, "--wait"),
-        timeout=900,
-    )
+    proc = run_script(python(SUBMIT, "recipe=demo", f"output_dir={out}", *TWO_NODES, "train.epochs=1",
+                             "tracking.wandb=offline", *SMALL, "--wait"), timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     jid = job_id(proc.stdout)
-    assert f"stdout:     {out}/slurm/{jid}_0_log.out" in proc.stdout and f"output_dir: {out}" in proc.stdout
+    assert f"stdout:     {out}/slurm/{jid}_0_log.out" in proc.stdout and f"job {jid} finished" in proc.stdout
     results = json.loads((out / "results.json").read_text())
     assert results["world_size"] == 2 and results["test/size"] == 40
-    logs = (out / "slurm" / f"{jid}_0_log.out").read_text() + (out / "slurm" / f"{jid}_1_log.out").read_text()
-    assert "task 0/2" in logs and "task 1/2" in logs
+    port = 20000 + int(jid) % 12000
+    logs = {rank: (out / "slurm" / f"{jid}_{rank}_log.out").read_text() for rank in (0, 1)}
+    assert f"rank 0/2 on node node1 (node rank 0/2, local rank 0/1), cpu, 1 thread(s), master node1:{port}" in logs[0]
+    assert f"rank 1/2 on node node2 (node rank 1/2, local rank 0/1), cpu, 1 thread(s), master node1:{port}" in logs[1]
+    for rank, node in ((0, "node1"), (1, "node2")):
+        err = (out / "slurm" / f"{jid}_{rank}_log.err").read_text()
+        compact = "".join(err.split())  # rich wraps long log lines
+        assert compact.count("buildingimagecache:") == 1, err[-2000:]
+        assert f"into/tmp/brainmri-dev/{node}/job{jid}/brainmri-cache/brainmri-" in compact, err[-2000:]
+        assert "waiting for" not in err
+    assert len(list((out / "wandb").glob("offline-run-*"))) == 1
+
+    local = tmp_path / "local"
+    ref = run_script([ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                      "--dynamo_backend", "no", str(REPO / "launch" / "train.py"), "recipe=demo", f"output_dir={local}",
+                      "train.epochs=1", "tracking.wandb=disabled", "data.num_workers=0", *SMALL],
+                     timeout=900, env={"OMP_NUM_THREADS": "1"})
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    expected = json.loads((local / "results.json").read_text())
+    for key in ("test/acc", "test/loss", "test/macro_f1", "test/auroc_macro", "test/ece"):
+        assert results[key] == expected[key], key  # gloo sums two ranks in either order alike: exact
 
 
-def test_dry_run_prints_sbatch_and_submits_nothing(tmp_path):
+def test_multi_node_template_trains_on_two_nodes(tmp_path):
+    """slurm/templates/multi_node.sbatch for real: one accelerate launch per node, machine
+    ranks 0 and 1, on CPU nodes with --gpus-per-node=0 and nothing else changed."""
+    out, log = tmp_path / "run", tmp_path / "job.out"
+    proc = subprocess.run(
+        ["sbatch", "--wait", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1", "--gpus-per-node=0", f"--output={log}",
+         str(REPO / "slurm" / "templates" / "multi_node.sbatch"), "recipe=demo", "train.epochs=1", "tracking.wandb=disabled",
+         "tracking.name=two nodes, one run", *SMALL],
+        env={**os.environ, "ACCELERATE": ACCELERATE, "BRAINMRI_DIR": str(REPO), "OUTPUT_DIR": str(out)},
+        capture_output=True, text=True, timeout=900,
+    )
+    text = log.read_text() if log.exists() else ""
+    assert proc.returncode == 0, proc.stderr + text[-3000:]
+    jid = re.search(r"Submitted batch job (\d+)", proc.stdout).group(1)
+    port = 20000 + int(jid) % 12000
+    hosts = sorted(l for l in text.splitlines() if l.startswith("[brainmri] node"))
+    assert hosts == [f"[brainmri] node node1: machine rank 0 of 2, 1 process(es), rendezvous node1:{port}",
+                     f"[brainmri] node node2: machine rank 1 of 2, 1 process(es), rendezvous node1:{port}"]
+    assert json.loads((out / "results.json").read_text())["world_size"] == 2
+    assert "name: two nodes, one run" in (out / "config.yaml").read_text()
+
+
+def test_dry_run_prints_the_check_the_ranks_and_sbatch_and_submits_nothing(tmp_path):
     before = queue_ids()
     out = tmp_path / "run"
-    proc = run_script(python(SUBMIT, "recipe=resnet18_512", "data.root=/data/x", f"output_dir={out}", "slurm.nodes=2",
-                             "slurm.gpus_per_node=4", "slurm.partition=gpu", "slurm.additional.reservation=mri", "--dry-run"))
+    proc = run_script(python(SUBMIT, "recipe=demo", f"output_dir={out}", *TWO_NODES, "--dry-run"))
     assert proc.returncode == 0, proc.stderr
-    for line in ("#SBATCH --nodes=2", "#SBATCH --gpus-per-node=4", "#SBATCH --ntasks-per-node=4",
+    assert "partition debug: 2 node(s), 1 CPU(s), up to 0 GPU(s) and" in proc.stdout and "the request fits" in proc.stdout
+    ranks = [l.split("│")[1:7] for l in proc.stdout.splitlines() if re.match(r"│ [01] ", l)]
+    assert [[c.strip() for c in r] for r in ranks] == [["0", "<node0>", "0", "-", "cpu", "1"], ["1", "<node1>", "0", "-", "cpu", "1"]]
+    gpu = run_script(python(SUBMIT, "recipe=resnet18_512", "data.root=/data/x", f"output_dir={out}", "slurm.nodes=2",
+                            "slurm.gpus_per_node=4", "slurm.partition=gpu", "slurm.additional.reservation=mri",
+                            "slurm.check_resources=false", "--dry-run"))
+    assert gpu.returncode == 0, gpu.stderr
+    for line in ("#SBATCH --nodes=2", "#SBATCH --gpus-per-node=4", "#SBATCH --ntasks-per-node=4", "not checked against sinfo",
                  "#SBATCH --partition=gpu", "#SBATCH --reservation=mri", "#SBATCH --signal=USR2@90", "recipe: resnet18_512"):
-        assert line in proc.stdout, line
+        assert line in gpu.stdout, line
+    assert len([l for l in gpu.stdout.splitlines() if "cuda:0" in l]) == 8
     assert queue_ids() <= before  # no new job
     assert not list((out / "slurm").glob("*_submitted.pkl"))
 
 
-def test_preempted_job_requeues_and_keeps_every_epoch_once(tmp_path):
+def test_preempted_two_node_job_stops_every_rank_at_one_step_and_keeps_every_epoch_once(tmp_path):
     out = tmp_path / "run"
-    proc = run_script(python(SUBMIT, "recipe=demo", f"output_dir={out}", "slurm.tasks_per_node=2", "train.epochs=4",
-                             "tracking.wandb=offline", *CPU_JOB, *SMALL))
+    proc = run_script(python(SUBMIT, "recipe=demo", f"output_dir={out}", *TWO_NODES, "train.epochs=4",
+                             "tracking.wandb=offline", *SMALL))
     assert proc.returncode == 0, proc.stderr
     jid = job_id(proc.stdout)
     deadline = time.time() + 600
     while not (out / "checkpoints" / "epoch_0001").is_dir():
         assert time.time() < deadline, "no first checkpoint"
         time.sleep(0.5)
+    time.sleep(random.uniform(0.0, 3.0))  # anywhere in the epochs that follow
     wandb_id = (out / "wandb_id.txt").read_text()
     subprocess.run(["scancel", "--signal=USR2", jid], check=True)
     released = False
@@ -84,8 +143,12 @@ def test_preempted_job_requeues_and_keeps_every_epoch_once(tmp_path):
         time.sleep(1)
     assert released, "the job was never requeued"
     assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4]
-    log = (out / "slurm" / f"{jid}_0_log.out").read_text()
-    assert "attempt 1" in log and "attempt 2" in log
+    logs = [(out / "slurm" / f"{jid}_{rank}_log.out").read_text() for rank in (0, 1)]
+    stops = [re.findall(r"\[brainmri\] rank (\d) on node (node\d): stop requested at step (\d+)", log) for log in logs]
+    assert [s[0][:2] for s in stops] == [("0", "node1"), ("1", "node2")], logs
+    assert len(stops[0]) == len(stops[1]) == 1 and stops[0][0][2] == stops[1][0][2]  # the same step on both nodes
+    for log in logs:
+        assert "attempt 1" in log and "attempt 2" in log
     err = (out / "slurm" / f"{jid}_0_log.err").read_text()
     assert "Requeued job" in err and "training stopped at epoch" in err
     assert (out / "wandb_id.txt").read_text() == wandb_id
@@ -93,7 +156,7 @@ def test_preempted_job_requeues_and_keeps_every_epoch_once(tmp_path):
     assert len(runs) == 2 and all(r.name.endswith(wandb_id.strip()) for r in runs)
 
 
-def test_sweep_one_array_then_nothing_then_status(tmp_path):
+def test_sweep_of_two_node_trials_one_array_then_nothing_then_status_then_only_the_unfinished(tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = python(SWEEP, "sweep=demo", f"output_dir={sweep_dir}", "tracking.wandb=disabled")
     proc = run_script(args + ["--wait"], timeout=900)
@@ -106,6 +169,9 @@ def test_sweep_one_array_then_nothing_then_status(tmp_path):
     for t in trials:
         assert Path(t["output_dir"]).parent == sweep_dir and (Path(t["output_dir"]) / "results.json").exists()
         assert "group: demo" in (Path(t["output_dir"]) / "config.yaml").read_text()  # W&B group = sweep name
+        assert json.loads((Path(t["output_dir"]) / "results.json").read_text())["world_size"] == 2
+        logs = "".join((Path(t["output_dir"]).parent / "slurm" / f"{t['job_id']}_{r}_log.out").read_text() for r in (0, 1))
+        assert "on node node1" in logs and "on node node2" in logs
     assert "t00-lr=0.001" in {t["name"] for t in trials}
     before = queue_ids()
     again = run_script(args)
@@ -117,15 +183,10 @@ def test_sweep_one_array_then_nothing_then_status(tmp_path):
     assert len(rows) == 2 and all("completed" in r for r in rows)
     assert "best val/acc" in status.stdout and "slurm/" in status.stdout
 
-
-def test_sweep_resubmits_only_unfinished_trials(tmp_path):
-    """A failed trial (its results missing) is resubmitted; the finished one is not."""
-    sweep_dir = tmp_path / "sweep"
-    args = python(SWEEP, "sweep=demo", f"output_dir={sweep_dir}", "tracking.wandb=disabled")
-    assert run_script(args + ["--wait"], timeout=900).returncode == 0
-    # A job whose result is written may still be COMPLETING for a moment; the sweep counts
-    # that as running (so two jobs never share a trial dir). Wait until SLURM lets go.
-    ids = {t["job_id"] for t in json.loads((sweep_dir / "manifest.json").read_text())["trials"]}
+    # A failed trial (its results missing) is resubmitted; the finished one is not. A job
+    # whose result is written may still be COMPLETING for a moment; the sweep counts that as
+    # running (so two jobs never share a trial dir). Wait until SLURM lets go.
+    ids = {t["job_id"] for t in trials}
     deadline = time.time() + 120
     while True:
         out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True).stdout
@@ -141,11 +202,61 @@ def test_sweep_resubmits_only_unfinished_trials(tmp_path):
     assert {t["state"] for t in manifest["trials"]} == {"completed"}
 
 
+def test_a_request_no_node_can_run_is_refused_before_submitting(tmp_path):
+    """The new user's mistake: 2 tasks per node on 1-CPU nodes (sbatch would accept it and
+    leave it pending with PartitionConfig forever)."""
+    before = queue_ids()
+    proc = run_script(python(SUBMIT, "recipe=demo", "slurm.gpus_per_node=0", "slurm.tasks_per_node=2",
+                             f"output_dir={tmp_path / 'run'}", "--wait"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: slurm.cpus_per_task=1 x slurm.tasks_per_node=2 = 2 CPUs per node; the largest node in partition debug has 1"]
+    assert queue_ids() <= before and not (tmp_path / "run").exists()
+
+
+def test_wait_ends_on_a_reason_that_cannot_clear(tmp_path):
+    """Unchecked (slurm.check_resources=false), 8 CPUs x 2 tasks on 1-CPU nodes: sbatch accepts
+    it and it pends with PartitionConfig; --wait shows that and gives up at once with exit 1."""
+    started = time.time()
+    proc = run_script(python(SUBMIT, "recipe=demo", "slurm.gpus_per_node=0", "slurm.tasks_per_node=2", "slurm.cpus_per_task=8",
+                             "slurm.check_resources=false",
+                             f"output_dir={tmp_path / 'run'}", "--wait"), timeout=120)
+    jid = job_id(proc.stdout)
+    subprocess.run(["scancel", jid])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"job {jid}: PENDING (PartitionConfig)" in proc.stdout
+    assert (f"job {jid}: cannot start: PartitionConfig (the request exceeds what partition's nodes offer); "
+            f"it is still queued: scancel {jid}") in " ".join(proc.stdout.split())
+    assert time.time() - started < 60
+
+
+def test_wait_notices_a_job_cancelled_before_it_started(tmp_path):
+    """No accounting: submitit alone would wait forever on a job that left the queue without a result."""
+    proc = subprocess.Popen(python(SUBMIT, "recipe=demo", f"output_dir={tmp_path / 'run'}", *TWO_NODES, "slurm.additional.begin=now+3600",
+                                   "--wait"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen = ""
+    deadline = time.time() + 60
+    while "PENDING (BeginTime)" not in seen:
+        assert time.time() < deadline and proc.poll() is None, seen
+        seen += proc.stdout.readline()
+    jid = job_id(seen)
+    subprocess.run(["scancel", jid], check=True)
+    cancelled = time.time()
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1, seen + stdout + stderr
+    assert time.time() - cancelled < 30
+    assert re.search(rf"job {jid}: (ended CANCELLED before it started, without a result|left the queue without a result \(before it started)",
+                     " ".join((seen + stdout).split())), seen + stdout
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["recipe=demo", "slurm.partion=x"], "error: unknown key 'slurm.partion' in the command line; did you mean 'slurm.partition'?"),
-        (["recipe=demo", "slurm.partition=nosuchpartition", *CPU_JOB], "error: sbatch refused the job: invalid partition specified: nosuchpartition; Batch job submission failed: Invalid partition name specified"),
+        (["recipe=demo", "slurm.partition=nosuchpartition", *CPU_JOB], "error: slurm.partition=nosuchpartition: no such partition (partitions: debug)"),
+        (["recipe=demo", "slurm.partition=nosuchpartition", "slurm.check_resources=false", *CPU_JOB],
+         "error: sbatch refused the job: invalid partition specified: nosuchpartition; Batch job submission failed: Invalid partition name specified"),
     ],
 )
 def test_submit_bad_input_submits_nothing(tmp_path, args, message):
@@ -176,29 +287,3 @@ def test_sweep_with_unknown_recipe_key_submits_nothing(tmp_path):
 def test_templates_are_valid_bash(template):
     assert subprocess.run(["bash", "-n", str(template)]).returncode == 0
     assert template.read_text().startswith("#!/bin/bash\n# ")
-
-
-def test_multi_node_template_gives_each_node_its_own_rank(tmp_path):
-    """Two srun tasks stand in for two nodes; a probe stands in for accelerate."""
-    probe = tmp_path / "probe.sh"
-    probe.write_text('#!/bin/bash\nprintf "PROBE"; printf " <%s>" "$@"; echo\n')
-    probe.chmod(0o755)
-    script = tmp_path / "multi_node.sbatch"
-    text = (REPO / "slurm" / "templates" / "multi_node.sbatch").read_text()
-    script.write_text("\n".join(l for l in text.splitlines() if "--gpus-per-node" not in l) + "\n")
-    out = tmp_path / "out.txt"
-    proc = subprocess.run(
-        ["sbatch", "--wait", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", f"--output={out}", str(script),
-         "recipe=demo", "data.root=/data/with space"],
-        env={**__import__("os").environ, "ACCELERATE": str(probe), "GPUS_PER_NODE": "4", "BRAINMRI_DIR": str(tmp_path)},
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr + out.read_text()
-    lines = [l for l in out.read_text().splitlines() if l.startswith("PROBE")]
-    ranks = sorted(re.search(r"<--machine_rank> <(\d+)>", l).group(1) for l in lines)
-    assert ranks == ["0", "1"]
-    for l in lines:
-        assert "<--num_machines> <2>" in l and "<--num_processes> <8>" in l
-        assert "<data.root=/data/with space>" in l and "<resume=auto>" in l
-    hosts = {re.search(r"<--main_process_ip> <(\S+)>", l).group(1) for l in lines}
-    assert len(hosts) == 1

@@ -232,3 +232,27 @@ def test_explicit_device_location_that_does_not_fit_is_one_clear_error(tmp_path,
     data = DataConfig(root=str(root), image_size=32, cache_dir=str(tmp_path / "cache"), cache_location="device", num_workers=0)
     with pytest.raises(ConfigError, match=r"data.cache_location=device: the image cache \(0.0 GB\) does not fit in cuda:0's free memory"):
         build_loaders(splits, data, AugmentConfig(), 4, [0.5] * 3, [0.5] * 3, device=torch.device("cuda", 0))
+
+
+def test_a_lock_held_elsewhere_is_waited_on_with_its_holder_named_then_given_up(tmp_path, caplog):
+    """A builder on another node of a shared cache_dir (or one that died there, on NFS) must
+    not leave this node waiting forever."""
+    import fcntl
+    import logging
+
+    from brainmri.data.cache import acquire
+    from brainmri.errors import DatasetError
+
+    path = tmp_path / "brainmri-x.lock"
+    with open(path, "a+") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        holder.write("node2 pid 4242")
+        holder.flush()
+        with open(path, "a+") as mine, caplog.at_level(logging.INFO, logger="brainmri.data.cache"):
+            with pytest.raises(DatasetError, match=r"image cache lock .*brainmri-x.lock held by node2 pid 4242 for over 1 s; "
+                                                   r"if that process is gone, delete the lock file"):
+                acquire(mine, timeout=1.0, poll=0.1)
+        assert "waiting for node2 pid 4242 to build the image cache" in caplog.text
+    with open(path, "a+") as mine:  # released: taken at once, and the new holder says who it is
+        acquire(mine, timeout=1.0)
+        assert path.read_text().endswith(f"pid {os.getpid()}")

@@ -83,3 +83,28 @@ def test_trial_result_takes_the_best_epoch_by_the_metric_direction(tmp_path):
     (run / "results.json").write_text(json.dumps({"test/acc": 0.66}))
     assert trial_result(run, "val/loss") == {"completed": True, "best": 0.9, "test_acc": 0.66, "epochs": 2}
     assert trial_result(tmp_path / "missing", "val/acc")["best"] is None
+
+
+def test_trials_whose_jobs_left_the_queue_without_results_are_failed_and_resubmitted(tmp_path):
+    """launch/sweep.py's refresh: results.json first, then squeue; a job squeue no longer
+    knows, or knows as cancelled, is a failed trial (a re-run resubmits it)."""
+    from tests.conftest import launch_module
+
+    sweep_script = launch_module("sweep")
+    waiting = launch_module("waiting")
+    queue = waiting.parse_squeue("9_0|PENDING|Resources|\n9_1|CANCELLED|None|\n9_2|PENDING|PartitionConfig|\n")
+    records = {i: TrialRecord(i, f"t{i}", {}, str(tmp_path / f"t{i}"), job_id=f"9_{i}", state="submitted") for i in range(5)}
+    (tmp_path / "t4").mkdir()
+    (tmp_path / "t4" / "results.json").write_text("{}")
+    for r in records.values():
+        sweep_script.refresh(r, queue)
+    assert [(r.state, r.reason) for r in records.values()] == [
+        ("pending", "Resources"),
+        ("failed", "ended CANCELLED without a result"),
+        ("pending", "PartitionConfig: cannot start (the request exceeds what partition's nodes offer)"),
+        ("failed", "left the queue without a result"),
+        ("completed", ""),
+    ]
+    unknown = TrialRecord(0, "t0", {}, str(tmp_path / "t0"), job_id="9_0", state="running")
+    sweep_script.refresh(unknown, None)  # squeue did not answer: nothing concluded
+    assert unknown.state == "running"
