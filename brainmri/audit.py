@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 
 from brainmri.data.datasets import CLASS_NAMES, find_split_dir, list_images, open_verified, pixel_hash
+from brainmri.data.groups import components, near_edges, perceptual_hash
 from brainmri.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,6 @@ class ImageRecord:
 
 
 def _inspect(root: Path, record: ImageRecord) -> ImageRecord:
-    import imagehash
-
     path = root / record.path
     error, image = open_verified(path)
     if image is None:
@@ -55,7 +53,7 @@ def _inspect(root: Path, record: ImageRecord) -> ImageRecord:
     except (OSError, ValueError) as e:
         record.error = f"unsupported image mode {image.mode}: {e}"
         return record
-    record.phash = int(str(imagehash.phash(image.convert("L"))), 16)
+    record.phash = perceptual_hash(image)
     return record
 
 
@@ -70,31 +68,6 @@ def scan(root: Path, workers: int) -> list[ImageRecord]:
         raise DatasetError(f"no Training/ or Testing/ folder in {root}")
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         return list(pool.map(lambda r: _inspect(root, r), records))
-
-
-def _popcount(x: np.ndarray) -> np.ndarray:
-    if hasattr(np, "bitwise_count"):
-        return np.bitwise_count(x)
-    return np.unpackbits(x.view(np.uint8).reshape(len(x), 8), axis=1).sum(axis=1)
-
-
-def _components(n: int, edges: Sequence[tuple[int, int]]) -> list[list[int]]:
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for a, b in edges:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    groups: dict[int, list[int]] = {}
-    for i in range(n):
-        groups.setdefault(find(i), []).append(i)
-    return [g for g in groups.values() if len(g) > 1]
 
 
 def exact_groups(records: Sequence[ImageRecord]) -> list[list[ImageRecord]]:
@@ -113,13 +86,11 @@ def near_groups(records: Sequence[ImageRecord], threshold: int) -> list[list[Ima
     exact copies are :func:`exact_groups`' business.
     """
     good = [r for r in records if r.phash is not None]
-    hashes = np.array([r.phash for r in good], dtype=np.uint64)
-    edges = []
-    for i in range(len(good) - 1):
-        close = np.nonzero(_popcount(hashes[i] ^ hashes[i + 1 :]) <= threshold)[0]
-        edges.extend((i, i + 1 + int(j)) for j in close)
-    groups = [[good[i] for i in g] for g in _components(len(good), edges)]
-    groups = [g for g in groups if len({r.pixel_hash for r in g}) > 1]
+    ids = components(len(good), near_edges([r.phash for r in good], threshold))
+    members: dict[int, list[ImageRecord]] = {}
+    for record, group in zip(good, ids):
+        members.setdefault(group, []).append(record)
+    groups = [g for g in members.values() if len(g) > 1 and len({r.pixel_hash for r in g}) > 1]
     return sorted(groups, key=lambda g: g[0].path)
 
 

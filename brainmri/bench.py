@@ -25,7 +25,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from brainmri.config import Config
-from brainmri.data.datasets import DatasetSplits, resolve_root, scan_dataset
+from brainmri.data.datasets import DatasetSplits, resolve_root, scan_dataset, split_rule
 from brainmri.data.loaders import auto_workers
 from brainmri.data.transforms import fixed_normalization, resolve_augment
 from brainmri.distributed import cpu_has_native_bf16, make_accelerator
@@ -152,7 +152,7 @@ def run_benchmark(
     """
     accelerator = make_accelerator(cfg.train)
     device = accelerator.device
-    splits = scan_dataset(resolve_root(cfg.data.root), cfg.data.val_fraction, cfg.seed, "skip", workers=auto_workers(1))
+    splits = scan_dataset(resolve_root(cfg.data.root), split_rule(cfg.data, cfg.seed), "skip", workers=auto_workers(1))
     info = _speed_only_info(cfg, splits)
     out = {**describe(cfg, accelerator, splits), "steps": steps, "rounds": rounds}
     log(f"the Trainer's step: {cfg.model.name} {cfg.train.batch_size}x{cfg.in_chans}x{cfg.data.image_size}² "

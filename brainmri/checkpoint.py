@@ -9,20 +9,25 @@ or drops an epoch.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from accelerate import Accelerator
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from brainmri.calibration import Calibration, write_calibration
+from brainmri.data.datasets import Sample
+from brainmri.distributed import Predictions
 from brainmri.errors import CheckpointError
 from brainmri.records import DatasetInfo, EpochRecord, RunResults, is_better
-from brainmri.rundir import RunDir, atomic_replace, atomic_write_json, write_jsonl
+from brainmri.rundir import RunDir, atomic_replace, atomic_write_json, atomic_write_text, write_jsonl
 from brainmri.weights import verify_checkpoint_folder
 
 log = logging.getLogger(__name__)
@@ -149,6 +154,21 @@ class Checkpointer:
         """``results.json``: written last, it marks the run finished."""
         if self.is_main:
             atomic_write_json(self.run.results, results.to_json())
+
+    def write_validation(self, predictions: Predictions, samples: Sequence[Sample], class_names: Sequence[str],
+                         calibration: Calibration) -> None:
+        """The best weights' validation probabilities, one row per image (with k-fold CV:
+        the fold's out-of-fold predictions), and the temperature fitted on them."""
+        if not self.is_main:
+            return
+        probs = predictions.logits.float().softmax(dim=1).cpu()
+        text = io.StringIO(newline="")
+        writer = csv.writer(text)
+        writer.writerow(["file", "label", *[f"p_{name}" for name in class_names]])
+        for sample, row in zip(samples, probs.tolist()):
+            writer.writerow([sample.path, class_names[sample.label], *[f"{p:.6f}" for p in row]])
+        atomic_write_text(self.run.val_predictions, text.getvalue())
+        write_calibration(self.run.calibration, calibration)
 
     def load_best(self, model: nn.Module) -> None:
         self.accelerator.wait_for_everyone()

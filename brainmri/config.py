@@ -43,6 +43,11 @@ class DataConfig:
     cache_dir: Optional[str] = None  # cached pipeline; None: node-local scratch (set by the launcher)
     cache_location: str = "auto"  # device: whole cache on the training device, one gather per batch; host: loader workers copy rows; auto: device if it fits in 1/4 of free GPU memory
     dedup: str = "none"  # train_test: drop test images whose pixels equal a Training image's (leakage)
+    split_groups: str = "near"  # near: pixel copies and perceptual near copies never straddle train/val; exact; none: plain stratified
+    near_threshold: int = 4  # perceptual-hash bits for split_groups=near (the audit's rule)
+    folds: int = 0  # >= 2: k-fold cross-validation of Training; data.fold validates
+    fold: int = 0
+    exclude: Optional[str] = None  # a list of Training files to leave out (label_issues.csv, or one path per line)
 
     def __post_init__(self) -> None:
         _choice("data.pipeline", self.pipeline, ("pil", "cached"))
@@ -52,6 +57,13 @@ class DataConfig:
         _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "a fraction in (0, 1)", self.val_fraction)
         _choice("data.on_bad_image", self.on_bad_image, ("error", "skip"))
         _choice("data.dedup", self.dedup, ("none", "train_test"))
+        _choice("data.split_groups", self.split_groups, ("near", "exact", "none"))
+        _check(0 <= self.near_threshold <= 32, "data.near_threshold", "bits in [0, 32]", self.near_threshold)
+        _check(self.folds == 0 or self.folds >= 2, "data.folds", "0 (one validation split) or >= 2", self.folds)
+        if self.folds:
+            _check(0 <= self.fold < self.folds, "data.fold", f"a fold in [0, {self.folds - 1}]", self.fold)
+        else:
+            _check(self.fold == 0, "data.fold", "0 unless data.folds is set", self.fold)
         _check(self.num_workers >= -1, "data.num_workers", "-1 (auto) or >= 0", self.num_workers)
 
 

@@ -24,9 +24,10 @@ from torch.utils.data import DataLoader
 from brainmri import config as config_lib
 from brainmri.checkpoint import Checkpointer, TrainState, WeightsLabel
 from brainmri.config import Config
-from brainmri.distributed import PredictionBuffer, StopSignal, TrainingInterrupted, make_accelerator
+from brainmri.calibration import calibrated_metrics, fit_temperature
+from brainmri.distributed import PredictionBuffer, Predictions, StopSignal, TrainingInterrupted, make_accelerator, on_main
 from brainmri.metrics import classification_metrics
-from brainmri.models import count_parameters
+from brainmri.models import check_pretrained_source, count_parameters
 from brainmri.optim import fast_forward
 from brainmri.preparation import PreparedRun, prepare_run
 from brainmri.records import EpochRecord, RunResults, TrainEpoch
@@ -69,6 +70,9 @@ class Trainer:
         cfg = self.cfg
         self.accelerator = acc = make_accelerator(cfg.train)
         set_seed(cfg.seed, device_specific=True)
+        source = on_main(acc, lambda: check_pretrained_source(cfg.model))  # one line, before any data is read
+        if source:
+            log.info("pretrained %s weights from %s", cfg.model.name, source)
         self.prepared: PreparedRun = prepare_run(cfg, acc)
         self.training: Training = build_training(cfg, acc, self.prepared.splits, self.prepared.info)
         self.stop = StopSignal(acc, self.stop_event)
@@ -115,10 +119,14 @@ class Trainer:
             throughput=len(predictions.targets) / seconds, seconds=seconds,
         )
 
-    @torch.no_grad()
     def evaluate(self, loader: DataLoader, split: str) -> dict:
         """Loss and every metric over the whole split (:func:`classification_metrics`), each
         sample counted once across ranks; ``size`` is the number of samples."""
+        return self.score(self.predict(loader), split)
+
+    @torch.no_grad()  # also keeps DDP from expecting a backward that only rank 0's Grad-CAM would run
+    def predict(self, loader: DataLoader) -> Predictions:
+        """The model's logits for a whole split, each sample once across ranks, in split order."""
         self.model.eval()
         step = self.training.step
         buffer = PredictionBuffer(len(self.prepared.info.class_names))
@@ -126,7 +134,9 @@ class Trainer:
         for images, targets, index in loader:
             logits = self.model(step.prepare(images, self.training.eval_transform)).float()
             buffer.add(index, logits, targets, plain_ce(logits, targets))
-        predictions = buffer.gather(self.accelerator)
+        return buffer.gather(self.accelerator)
+
+    def score(self, predictions: Predictions, split: str) -> dict:
         metrics = classification_metrics(predictions.logits, predictions.targets, self.prepared.info.class_names, split)
         metrics[f"{split}/loss"] = float(predictions.losses.mean())
         metrics["size"] = len(predictions.targets)
@@ -149,8 +159,13 @@ class Trainer:
         return record
 
     def test(self) -> RunResults:
-        """Evaluate the best weights on the test split and write results.json."""
+        """With the best weights: fit the temperature on validation (written with the
+        validation probabilities), then score the test split, raw and calibrated, and
+        write results.json."""
         self.checkpointer.load_best(self.model)
+        val = self.predict(self.training.val_loader)
+        calibration = fit_temperature(val.logits, val.targets)
+        self.checkpointer.write_validation(val, self.prepared.splits.val, self.prepared.info.class_names, calibration)
         best = self.state.best_record()
         results = RunResults(
             best_epoch=best.epoch,
@@ -161,9 +176,10 @@ class Trainer:
             best_val=best.val_metrics(),
         )
         if self.training.test_loader is not None:
-            metrics = self.evaluate(self.training.test_loader, "test")
+            predictions = self.predict(self.training.test_loader)
+            metrics = self.score(predictions, "test")
             results.test_size = metrics.pop("size")
-            results.test = metrics
+            results.test = {**metrics, **calibrated_metrics(predictions, calibration, "test")}
         self.checkpointer.write_results(results)
         return results
 

@@ -39,6 +39,7 @@ from brainmri.data.loaders import auto_workers
 from brainmri.distributed import default_device, resolve_precision
 from brainmri.data.transforms import build_eval_transform
 from brainmri.errors import CheckpointError, DatasetError
+from brainmri.calibration import Calibration, read_calibration
 from brainmri.metrics import classification_metrics, reliability_bins, roc_curves
 from brainmri.models import build_model
 from brainmri.records import DatasetInfo
@@ -60,6 +61,7 @@ class TrainedModel:
     run_dir: Optional[Path]  # None when only a weights file was given
     precision: str = "no"  # autocast as in training, so evaluation reproduces results.json
     class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
+    calibration: Optional[Calibration] = None  # the run's temperature (calibration.json); None: uncalibrated
 
     @property
     def image_size(self) -> int:
@@ -125,6 +127,37 @@ def locate(run: Optional[str], checkpoint: Optional[str]) -> tuple[Optional[Path
     return run_dir, weights
 
 
+def run_dirs(run: str) -> list[Path]:
+    """The runs ``run=`` names: one run directory, several joined by commas, or a sweep
+    folder (its finished trials, e.g. the folds of a cross-validation sweep)."""
+    parts = [p.strip() for p in run.split(",") if p.strip()]
+    if len(parts) > 1:
+        return [Path(p).expanduser() for p in parts]
+    folder = Path(run).expanduser()
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        return [folder]
+    trials = json.loads(manifest.read_text()).get("trials", [])
+    done = [Path(t["output_dir"]) for t in trials if (Path(t["output_dir"]) / "results.json").is_file()]
+    if not done:
+        raise CheckpointError(f"sweep {folder} has no finished trial yet ({len(trials)} trial(s) in its manifest)")
+    return done
+
+
+def load_models(run: Optional[str] = None, checkpoint: Optional[str] = None, device: Optional[torch.device] = None) -> list[TrainedModel]:
+    """One trained model, or the members of an ensemble (several runs, or a sweep folder)."""
+    if run is None:
+        return [load_trained(None, checkpoint, device)]
+    dirs = run_dirs(run)
+    if len(dirs) > 1 and checkpoint is not None:
+        raise CheckpointError("checkpoint= picks the weights of one run; an ensemble uses each run's best weights")
+    models = [load_trained(str(d), checkpoint, device) for d in dirs]
+    sizes = {(m.image_size, m.channels) for m in models}
+    if len(sizes) > 1:
+        log.info("ensemble members see the images differently (size, channels): %s", sorted(sizes))
+    return models
+
+
 def load_trained(run: Optional[str] = None, checkpoint: Optional[str] = None, device: Optional[torch.device] = None) -> TrainedModel:
     """The trained model of a run (or of a weights file that carries its config), in eval mode."""
     run_dir, weights = locate(run, checkpoint)
@@ -153,29 +186,35 @@ def load_trained(run: Optional[str] = None, checkpoint: Optional[str] = None, de
     device = device or default_device()
     model.to(device).eval()
     precision = resolve_precision(cfg.train.mixed_precision, device)
-    return TrainedModel(model, cfg, list(stats.mean), list(stats.std), weights, run_dir, precision)
+    calibration = read_calibration(run_files.calibration) if run_files is not None else None
+    return TrainedModel(model, cfg, list(stats.mean), list(stats.std), weights, run_dir, precision, calibration=calibration)
 
 
 @torch.no_grad()
-def predict_probs(trained: TrainedModel, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
-    """Class probabilities of a normalized batch; ``tta="hflip"`` averages image and mirror."""
+def predict_probs(trained: TrainedModel, images: torch.Tensor, tta: str = "none", calibrated: bool = True) -> torch.Tensor:
+    """Class probabilities of a normalized batch; ``tta="hflip"`` averages image and mirror;
+    ``calibrated`` divides the logits by the run's temperature, when it has one."""
     device = next(trained.model.parameters()).device
     x = images.to(device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(trained.precision)
+    scale = trained.calibration.temperature if calibrated and trained.calibration is not None else 1.0
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        probs = trained.model(x).float().softmax(dim=1)
+        probs = (trained.model(x).float() / scale).softmax(dim=1)
         if tta == "hflip":
-            probs = (probs + trained.model(x.flip(-1)).float().softmax(dim=1)) / 2
+            probs = (probs + (trained.model(x.flip(-1)).float() / scale).softmax(dim=1)) / 2
     return probs.cpu()
 
 
 def predict_samples(
-    trained: TrainedModel, root: Path, samples: Sequence[Sample], tta: str = "none", batch_size: int = 64, workers: int = -1
+    trained: TrainedModel, root: Path, samples: Sequence[Sample], tta: str = "none", batch_size: int = 64, workers: int = -1,
+    calibrated: bool = True,
 ) -> torch.Tensor:
     """(N, C) probabilities of the samples, in their order."""
     workers = auto_workers(1) if workers < 0 else workers
     loader = DataLoader(ImageDataset(root, samples, trained.channels, trained.transform()), batch_size=batch_size, num_workers=workers)
-    return torch.cat([predict_probs(trained, x, tta) for x, _ in loader]) if samples else torch.zeros(0, len(CLASS_NAMES))
+    if not samples:
+        return torch.zeros(0, len(CLASS_NAMES))
+    return torch.cat([predict_probs(trained, x, tta, calibrated) for x, _ in loader])
 
 
 def split_samples(trained: TrainedModel, data_root: Optional[str], split: str) -> DatasetSplits:
@@ -202,19 +241,34 @@ def recorded_leaks(trained: TrainedModel, samples: Sequence[Sample]) -> Optional
     return {test: train for test, train in rows if test in wanted}
 
 
-def evaluate(trained: TrainedModel, splits: DatasetSplits, split: str, tta: str = "none", batch_size: int = 64) -> dict[str, Any]:
-    """Every metric of one split; on the test split, also without train/test leaks.
+def ensemble_probs(models: Sequence[TrainedModel], root: Path, samples: Sequence[Sample], tta: str, batch_size: int,
+                   ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Mean probabilities of the members, raw and (when every member has a temperature)
+    calibrated: each member's softmax(log p / T), then the mean."""
+    raw = [predict_samples(m, root, samples, tta, batch_size, calibrated=False) for m in models]
+    calibrated = None
+    if all(m.calibration is not None for m in models):
+        calibrated = torch.stack([m.calibration.apply(p.clamp_min(1e-12).log()).softmax(dim=1) for m, p in zip(models, raw)]).mean(0)
+    return torch.stack(raw).mean(0), calibrated
+
+
+def evaluate(models: TrainedModel | Sequence[TrainedModel], splits: DatasetSplits, split: str, tta: str = "none",
+             batch_size: int = 64) -> dict[str, Any]:
+    """Every metric of one split, for one model or the mean probabilities of several; on the
+    test split, also without train/test leaks.
 
     Returns ``{"metrics": ..., "probs": (N, C), "targets": (N,), "leaks": {...},
-    "leakage_free": metrics or None}``.
+    "leakage_free": metrics or None, "calibrated": {...} or None}``.
     """
+    models = [models] if isinstance(models, TrainedModel) else list(models)
+    trained = models[0]
     samples = splits.test if split == "test" else splits.val
     if samples is None:
         raise DatasetError(f"this run has no {split} split in {splits.root}")
     missing = [s.path for s in samples if not (splits.root / s.path).is_file()]
     if missing:
         raise DatasetError(f"{len(missing)} image(s) of the {split} split are not in {splits.root}, e.g. {missing[0]}")
-    probs = predict_samples(trained, splits.root, samples, tta, batch_size)
+    probs, cal_probs = ensemble_probs(models, splits.root, samples, tta, batch_size)
     targets = torch.tensor([s.label for s in samples])
     logits = probs.clamp_min(1e-12).log()  # softmax(log p) = p: the metrics take logits
     out: dict[str, Any] = {
@@ -223,12 +277,21 @@ def evaluate(trained: TrainedModel, splits: DatasetSplits, split: str, tta: str 
         "targets": targets,
         "leaks": {},
         "leakage_free": None,
+        "calibrated": None,
     }
+    out["metrics"][f"{split}/loss"] = float(torch.nn.functional.nll_loss(logits, targets)) if len(samples) else float("nan")
+    if cal_probs is not None:  # without TTA, log p / T is exactly the calibrated softmax
+        cal_logits = cal_probs.clamp_min(1e-12).log()
+        cal = classification_metrics(cal_logits, targets, trained.class_names, split)
+        cal[f"{split}/loss"] = float(torch.nn.functional.nll_loss(cal_logits, targets))
+        temperatures = [m.calibration.temperature for m in models]
+        out["calibrated"] = {"temperature": temperatures[0] if len(models) == 1 else temperatures,
+                             "fitted_on": trained.calibration.fitted_on, "metrics": cal, "probs": cal_probs}
     if split == "test":
         leaks = recorded_leaks(trained, samples)
         if leaks is None:  # a run from before leaks were recorded: find them now
             training = splits.train + splits.val
-            _, hashes = verify_images(splits.root, training + list(samples), auto_workers(1))
+            _, hashes, _ = verify_images(splits.root, training + list(samples), auto_workers(1))
             leaks = train_test_leaks(training, samples, hashes)
         out["leaks"] = leaks
         if leaks:
@@ -238,17 +301,24 @@ def evaluate(trained: TrainedModel, splits: DatasetSplits, split: str, tta: str 
     return out
 
 
-def evaluation_figures(result: dict[str, Any], class_names: Sequence[str], figures_dir: Path, split: str) -> list[Path]:
-    """Confusion matrix, ROC curves and reliability diagram of one evaluation, as PNGs."""
+def evaluation_figures(result: dict[str, Any], class_names: Sequence[str], figures_dir: Path, split: str,
+                       stem: Optional[str] = None) -> list[Path]:
+    """Confusion matrix, ROC curves and reliability diagram of one evaluation, as PNGs
+    named ``<stem>_<figure>.png`` (stem: ``eval_<split>``)."""
     from brainmri import figures
 
     m = result["metrics"]
     probs, targets = result["probs"], result["targets"]
-    paths = [figures_dir / f"eval_{split}_{name}.png" for name in ("confusion_matrix", "roc", "reliability")]
+    stem = stem or f"eval_{split}"
+    paths = [figures_dir / f"{stem}_{name}.png" for name in ("confusion_matrix", "roc", "reliability")]
     figures.save_figure(figures.confusion_matrix(m["confusion_matrix"], class_names, f"{split.capitalize()} confusion matrix"), paths[0])
     aucs = [m["per_class"][c]["auroc"] for c in class_names]
     figures.save_figure(figures.roc_curves(roc_curves(probs, targets, len(class_names)), aucs, class_names), paths[1])
     figures.save_figure(figures.reliability_diagram(reliability_bins(probs, targets), m[f"{split}/ece"]), paths[2])
+    if result.get("calibrated"):
+        cal = result["calibrated"]
+        paths.append(figures_dir / f"{stem}_reliability_calibrated.png")
+        figures.save_figure(figures.reliability_diagram(reliability_bins(cal["probs"], targets), cal["metrics"][f"{split}/ece"]), paths[3])
     return paths
 
 
@@ -265,7 +335,7 @@ def find_images(inputs: Sequence[str]) -> list[Path]:
             raise DatasetError(f"no such image or folder: {path}")
     if not found:
         raise DatasetError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {', '.join(inputs)}")
-    bad = {str(p): r for p in found for r, _ in [verify_image(p)] if r is not None}
+    bad = {str(p): r for p in found for r, _, _ in [verify_image(p)] if r is not None}
     if bad:
         first = next(iter(bad))
         raise DatasetError(f"{len(bad)} unreadable image(s), e.g. {first}: {bad[first]}")

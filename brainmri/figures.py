@@ -249,3 +249,41 @@ def cam_grid(tiles: Sequence, class_names: Sequence[str], title: str = "Grad-CAM
         fig.suptitle(title, fontweight="bold")
         fig.tight_layout()
         return fig
+
+
+def cv_errorbars(axes: dict[str, list[tuple[object, float, float, int]]], metric: str, title: str) -> Figure:
+    """One panel per swept parameter: the mean of ``metric`` over cross-validation folds
+    against the parameter's value, with ± one standard deviation.
+
+    ``axes``: parameter -> [(value, mean, std, folds done)], averaged over the other parameters' settings.
+    """
+    fig, panels = plt.subplots(1, max(1, len(axes)), figsize=(4.2 * max(1, len(axes)), 3.6), squeeze=False)
+    for ax, (name, points) in zip(panels[0], axes.items()):
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v, *_ in points)
+        xs = [float(v) for v, *_ in points] if numeric else list(range(len(points)))
+        ax.errorbar(xs, [m for _, m, _, _ in points], yerr=[s for _, _, s, _ in points], fmt="o-", capsize=4, color="#1f77b4")
+        if numeric and len(xs) > 1 and min(xs) > 0 and max(xs) / min(xs) >= 10:
+            ax.set_xscale("log")
+        if not numeric:
+            ax.set_xticks(xs, [str(v) for v, *_ in points])
+        ax.set_xlabel(name)
+        ax.set_ylabel(f"{metric} (mean ± std over folds)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def label_issue_grid(images: Sequence[np.ndarray], captions: Sequence[str], title: str, cols: int = 6) -> Figure:
+    """The top label suspects, each captioned "given → suggested (p)", for a radiologist to look at."""
+    rows = max(1, -(-len(images) // cols))
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.6 * rows), squeeze=False)
+        for k, ax in enumerate(axes.flat):
+            _bare(ax)
+            if k < len(images):
+                ax.imshow(images[k], cmap="gray" if images[k].ndim == 2 else None)
+                ax.set_title(captions[k], fontsize=8, fontweight="normal")
+        fig.suptitle(title, fontweight="bold")
+        fig.tight_layout()
+    return fig

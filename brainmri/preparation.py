@@ -26,6 +26,7 @@ from brainmri.data.datasets import (
     read_split,
     resolve_root,
     scan_dataset,
+    split_rule,
     write_split,
 )
 from brainmri.data.loaders import auto_workers
@@ -92,6 +93,8 @@ def write_run_files(run: RunDir, cfg: Config, splits: DatasetSplits, info: Datas
     if splits.leaks:
         rows = "".join(f"{t}\t{tr}\n" for t, tr in sorted(splits.leaks.items()))
         atomic_write_text(run.leaks, "test\tsame pixels as\n" + rows)
+    if splits.excluded:
+        atomic_write_text(run.excluded, "".join(f"{p}\n" for p in splits.excluded))
     atomic_write_json(run.dataset, info.to_json())
 
 
@@ -121,7 +124,9 @@ def prepare_run(cfg: Config, accelerator: Accelerator) -> PreparedRun:
         if resuming:
             warn_config_changes(run, cfg)
             return json.loads(run.dataset.read_text())
-        splits = scan_dataset(root, cfg.data.val_fraction, cfg.seed, cfg.data.on_bad_image, workers=auto_workers(1), dedup=cfg.data.dedup)
+        exclude = Path(cfg.data.exclude).expanduser() if cfg.data.exclude else None
+        splits = scan_dataset(root, split_rule(cfg.data, cfg.seed), cfg.data.on_bad_image, workers=auto_workers(1),
+                              dedup=cfg.data.dedup, exclude=exclude)
         info = measure_dataset(cfg, splits)
         if mode == "overwrite":
             clear_run(run.path)

@@ -121,6 +121,9 @@ class RunDir:
     checkpoints = _Entry("checkpoints")
     bad_images = _Entry("bad_images.txt")
     leaks = _Entry("test_leaks.tsv")
+    calibration = _Entry("calibration.json")
+    excluded = _Entry("excluded.txt")
+    val_predictions = _Entry("val_predictions.csv")
 
     def checkpoint(self, epoch: int) -> Path:
         return self.checkpoints / f"epoch_{epoch:04d}"

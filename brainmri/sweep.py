@@ -8,6 +8,7 @@ A sweep file (``recipes/sweeps/NAME.yaml``)::
       train.epochs: 10
     grid:                         # Cartesian product
       optim.lr: [1.0e-4, 3.0e-4, 1.0e-3]
+    cv: 5                         # optional: every trial as 5 cross-validation folds (data.folds/data.fold)
     random:                       # seeded random search, combined with every grid point
       trials: 4
       seed: 0
@@ -27,6 +28,7 @@ import json
 import math
 import random
 import re
+import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -38,7 +40,7 @@ from brainmri.errors import ConfigError
 from brainmri.records import best_of
 from brainmri.rundir import atomic_write_json
 
-TOP_KEYS = ("recipe", "metric", "overrides", "grid", "random")
+TOP_KEYS = ("recipe", "metric", "overrides", "grid", "random", "cv")
 RANDOM_KEYS = ("trials", "seed", "axes")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform")
 
@@ -53,6 +55,7 @@ class SweepSpec:
     random_trials: int = 0
     random_seed: int = 0
     random_axes: dict[str, dict[str, list]] = field(default_factory=dict)
+    cv: int = 0  # >= 2: every trial runs as this many cross-validation folds
 
 
 @dataclass
@@ -60,6 +63,8 @@ class Trial:
     index: int
     name: str
     overrides: dict[str, Any]
+    base: str = ""  # the trial without its fold: what the folds of one setting share
+    fold: Optional[int] = None
 
     def args(self) -> list[str]:
         """``key=value`` strings; values as JSON, which YAML (and so OmegaConf) reads back."""
@@ -93,6 +98,7 @@ def load_sweep(name: str, sweeps_dir: Path) -> tuple[SweepSpec, Path]:
         metric=str(raw.get("metric") or "val/macro_f1"),
         overrides=dict(raw.get("overrides") or {}),
         grid=dict(grid),
+        cv=check_cv(raw.get("cv", 0), str(path)),
     )
     rnd = raw.get("random") or {}
     if rnd:
@@ -116,7 +122,19 @@ def load_sweep(name: str, sweeps_dir: Path) -> tuple[SweepSpec, Path]:
     varying = [k for k in list(spec.grid) + list(spec.random_axes) if k.startswith("slurm.")]
     if varying:
         raise ConfigError(f"{path}: {varying[0]} cannot vary across trials (all trials share one job array)")
+    folded = [k for k in [*spec.grid, *spec.random_axes, *spec.overrides] if k in ("data.folds", "data.fold")]
+    if folded:
+        raise ConfigError(f"{path}: set cross-validation with 'cv: K', not {folded[0]}")
     return spec, path
+
+
+def check_cv(value: Any, where: str) -> int:
+    """A fold count: 0 (no cross-validation) or an integer >= 2."""
+    text = str(value).strip()
+    folds = int(text) if text.isdigit() and not isinstance(value, (bool, float)) else -1
+    if not (folds == 0 or folds >= 2):
+        raise ConfigError(f"cv in {where} must be a whole number >= 2 (or 0: no cross-validation), got {value!r}")
+    return folds
 
 
 def _sample(dist: dict[str, list], rng: random.Random) -> Any:
@@ -153,10 +171,16 @@ def expand_trials(spec: SweepSpec) -> list[Trial]:
     rng = random.Random(spec.random_seed)
     draws = [{k: _sample(d, rng) for k, d in spec.random_axes.items()} for _ in range(spec.random_trials)] or [{}]
     trials = []
-    for point in points:
-        for draw in draws:
-            varying = {**point, **draw}
-            trials.append(Trial(len(trials), trial_name(len(trials), varying), {**spec.overrides, **varying}))
+    for setting, (point, draw) in enumerate(itertools.product(points, draws)):
+        varying = {**point, **draw}
+        base = trial_name(setting, varying)
+        for fold in range(spec.cv) if spec.cv else [None]:
+            overrides = {**spec.overrides, **varying}
+            name = base
+            if fold is not None:
+                overrides.update({"data.folds": spec.cv, "data.fold": fold})
+                name = f"{base}-fold{fold}"
+            trials.append(Trial(len(trials), name, overrides, base, fold))
     return trials
 
 
@@ -174,6 +198,8 @@ class TrialRecord:
     stdout: Optional[str] = None
     stderr: Optional[str] = None
     reason: str = ""  # why it is pending or why it failed, as SLURM or the wait saw it
+    base: str = ""  # cross-validation: the setting this fold belongs to (its name without -foldN)
+    fold: Optional[int] = None
 
 
 def read_manifest(path: Path) -> dict:
@@ -198,3 +224,41 @@ def trial_result(output_dir: Path, metric: str) -> dict[str, Any]:
     if results_path.exists():
         out["test_acc"] = json.loads(results_path.read_text()).get("test/acc")
     return out
+
+
+@dataclass
+class CvSetting:
+    """One setting of a cross-validated sweep: its folds' best validation metric, summarized."""
+
+    base: str
+    overrides: dict[str, Any]
+    folds: int
+    values: dict[int, float]  # fold -> best value of the sweep's metric (finished folds only)
+    test_acc: dict[int, float]
+
+    @property
+    def mean(self) -> Optional[float]:
+        return float(statistics.fmean(self.values.values())) if self.values else None
+
+    @property
+    def std(self) -> Optional[float]:
+        """Sample standard deviation over folds (0 with one fold done)."""
+        return float(statistics.stdev(self.values.values())) if len(self.values) > 1 else (0.0 if self.values else None)
+
+    @property
+    def spread(self) -> Optional[float]:
+        return max(self.values.values()) - min(self.values.values()) if self.values else None
+
+
+def cv_settings(records: list[TrialRecord], metric: str, folds: int) -> list[CvSetting]:
+    """The folds of each setting gathered, with each fold's best ``metric`` from its run folder."""
+    settings: dict[str, CvSetting] = {}
+    for r in records:
+        overrides = {k: v for k, v in r.overrides.items() if k not in ("data.folds", "data.fold")}
+        setting = settings.setdefault(r.base or r.name, CvSetting(r.base or r.name, overrides, folds, {}, {}))
+        result = trial_result(Path(r.output_dir), metric)
+        if result["completed"] and result["best"] is not None and r.fold is not None:
+            setting.values[r.fold] = result["best"]
+            if result["test_acc"] is not None:
+                setting.test_acc[r.fold] = result["test_acc"]
+    return list(settings.values())

@@ -3,34 +3,43 @@
     python launch/evaluate.py run=runs/sartaj_gpu-20261126-041500
     python launch/evaluate.py run=RUN_DIR split=val tta=hflip
     python launch/evaluate.py run=RUN_DIR data.root=/elsewhere/sartaj checkpoint=RUN_DIR/checkpoints/epoch_0020
+    python launch/evaluate.py run=runs/sweeps/demo_cv                 # the ensemble of a sweep's finished runs
+    python launch/evaluate.py run=RUN_A,RUN_B,RUN_C                    # the ensemble of these runs
 
 Accuracy, balanced accuracy, macro/weighted F1, per-class precision, recall (sensitivity),
 specificity and ROC AUC, expected calibration error, the confusion matrix; on the test
 split also the same without test images that duplicate a Training image. Writes
 eval_<split>.json and figures/eval_<split>_{confusion_matrix,roc,reliability}.png into
-the run directory. Exit codes: 0 done, 2 bad input (one line on stderr).
+the run directory; with the run's temperature (calibration.json), ECE and NLL before and
+after calibration and a second reliability diagram, _reliability_calibrated.png. Exit codes: 0 done, 2 bad input (one line on stderr).
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import cli
 from brainmri import config as config_lib
 from brainmri.console import console, print_metrics, setup_logging
-from brainmri.evaluation import evaluate, evaluation_figures, load_trained, split_samples
+from brainmri.errors import BrainMRIError
+from brainmri.evaluation import TrainedModel, evaluate, evaluation_figures, load_models, split_samples
 from brainmri.rundir import atomic_write_json
 
 
 def command(args: cli.Args) -> int:
     cfg = config_lib.load_config(args.settings, cli.RECIPES, schema=config_lib.EvalConfig)
     setup_logging(True)
-    trained = load_trained(cfg.run, cfg.checkpoint)
+    models = load_models(cfg.run, cfg.checkpoint)
+    trained, ensemble = models[0], len(models) > 1
+    if ensemble and cfg.split == "val":
+        raise BrainMRIError("split=val with an ensemble: every member has its own validation split; use split=test")
     splits = split_samples(trained, cfg.data.root, cfg.split)
-    result = evaluate(trained, splits, cfg.split, cfg.tta, cfg.batch_size)
+    result = evaluate(models, splits, cfg.split, cfg.tta, cfg.batch_size)
     split, m = cfg.split, result["metrics"]
     n = len(result["targets"])
-    print_metrics(m, split, f"{split} split, {n} images ({trained.weights}{', hflip TTA' if cfg.tta == 'hflip' else ''})")
+    what = f"the ensemble of {len(models)} runs (mean probability)" if ensemble else str(trained.weights)
+    print_metrics(m, split, f"{split} split, {n} images ({what}{', hflip TTA' if cfg.tta == 'hflip' else ''})")
     leaks = result["leaks"]
     if result["leakage_free"] is not None:
         free = result["leakage_free"]
@@ -39,23 +48,45 @@ def command(args: cli.Args) -> int:
             f"[bold]{split} accuracy {m[f'{split}/acc']:.3f}[/bold] on all {n} images; "
             f"[bold]{free[f'{split}/acc']:.3f}[/bold] on the {free['size']} that do not duplicate a Training image"
         )
+    calibrated = result["calibrated"]
+    if calibrated is not None:
+        cm = calibrated["metrics"]
+        note = " (fitted on this split: optimistic)" if calibrated["fitted_on"] == split else ""
+        temperature = calibrated["temperature"]
+        temperature = f"{temperature:.3f}" if not ensemble else "per member " + ", ".join(f"{t:.2f}" for t in temperature)
+        console.print(
+            f"calibration: temperature {temperature} from the {calibrated['fitted_on']} split{note}: "
+            f"ECE {m[f'{split}/ece']:.3f} -> [bold]{cm[f'{split}/ece']:.3f}[/bold], "
+            f"NLL {m[f'{split}/loss']:.3f} -> [bold]{cm[f'{split}/loss']:.3f}[/bold]"
+        )
     report = {
         "split": split,
         "size": n,
-        "weights": str(trained.weights),
+        "weights": str(trained.weights) if not ensemble else [str(t.weights) for t in models],
         "tta": cfg.tta,
         "data_root": str(splits.root),
         **m,
         "train_test_leaks": len(leaks),
         "leaked_files": sorted(leaks),
         "leakage_free": result["leakage_free"],
+        "calibration": None if calibrated is None else {
+            "temperature": calibrated["temperature"], "fitted_on": calibrated["fitted_on"],
+            f"{split}/ece": calibrated["metrics"][f"{split}/ece"], f"{split}/loss": calibrated["metrics"][f"{split}/loss"],
+        },
     }
-    run = trained.run("writing the report")
-    out = run.path / f"eval_{split}.json"
+    folder = report_folder(cfg.run, trained) if ensemble else trained.run("writing the report").path
+    stem = f"eval_{split}_ensemble" if ensemble else f"eval_{split}"
+    out = folder / f"{stem}.json"
     atomic_write_json(out, report)
-    pngs = evaluation_figures(result, trained.class_names, run.path / "figures", split)
+    pngs = evaluation_figures(result, trained.class_names, folder / "figures", split, stem)
     console.print(f"wrote {out} and {', '.join(p.name for p in pngs)} in {pngs[0].parent}")
     return 0
+
+
+def report_folder(run: str, first: TrainedModel) -> Path:
+    """An ensemble's report goes to its sweep folder, or beside its first run."""
+    folder = Path(run).expanduser()
+    return folder if (folder / "manifest.json").is_file() else first.run("writing the report").path
 
 
 if __name__ == "__main__":

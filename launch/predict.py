@@ -3,10 +3,13 @@
     python launch/predict.py run=runs/sartaj_gpu-20261126 scans/patient7/ scan.png
     python launch/predict.py run=RUN_DIR scans/ --cam --out predictions/patient7
     python launch/predict.py checkpoint=best.safetensors scan.jpg tta=hflip
+    python launch/predict.py run=runs/sweeps/demo_cv scans/       # the ensemble of a sweep's finished runs
 
-Writes OUT/predictions.csv (file, predicted class, confidence, one probability per class)
+Writes OUT/predictions.csv (file, predicted class, confidence, one probability per class;
+calibrated by the run's temperature when it has one)
 and prints the same as a table; with --cam, OUT/cam/<image>_cam.png overlays the Grad-CAM
-heat map on each slice at its own resolution. OUT defaults to ./predictions.
+heat map on each slice at its own resolution. OUT defaults to ./predictions. Several runs
+(run=A,B or a sweep folder) predict as an ensemble: the mean of their probabilities.
 Exit codes: 0 done, 2 bad input (one line on stderr).
 """
 
@@ -32,18 +35,21 @@ def command(args: cli.Args) -> int:
     from brainmri import config as config_lib
     from brainmri.console import console
     from brainmri.data.datasets import load_image
-    from brainmri.evaluation import find_images, load_trained, predict_probs
+    from brainmri.evaluation import find_images, load_models, predict_probs
 
     if not args.positional:
         raise BrainMRIError("no images given; usage: predict.py run=RUN_DIR|checkpoint=FILE IMAGE_OR_FOLDER ... [--cam] [--out DIR] [tta=hflip]")
     cfg = config_lib.load_config(args.settings, cli.RECIPES, schema=config_lib.EvalConfig)
     paths = find_images(args.positional)  # every image is checked before the model is even loaded
-    trained = load_trained(cfg.run, cfg.checkpoint)
+    models = load_models(cfg.run, cfg.checkpoint)
+    trained = models[0]
     want_cam, out = args["--cam"], args["--out"]
+    if want_cam and len(models) > 1:
+        raise BrainMRIError("--cam shows one model's attention; give one run (not an ensemble of several)")
     if want_cam and cam_lib.target_layer(trained.model) is None:
         raise BrainMRIError(f"--cam needs a convolutional model; {trained.cfg.model.name} has none")
     out.mkdir(parents=True, exist_ok=True)
-    transform = trained.transform()
+    transforms = [m.transform() for m in models]
     device = next(trained.model.parameters()).device
     names = trained.class_names
     rows = []
@@ -52,8 +58,12 @@ def command(args: cli.Args) -> int:
     for start in range(0, len(paths), cfg.batch_size):
         batch = paths[start : start + cfg.batch_size]
         images = [load_image(p, trained.channels) for p in batch]
-        x = torch.stack([transform(im) for im in images])
+        x = torch.stack([transforms[0](im) for im in images])
         probs = predict_probs(trained, x, cfg.tta)
+        for member, transform in zip(models[1:], transforms[1:]):  # each member sees the images as it was trained
+            member_x = torch.stack([transform(load_image(p, member.channels)) for p in batch])
+            probs = probs + predict_probs(member, member_x, cfg.tta)
+        probs = probs / len(models)
         preds = probs.argmax(dim=1)
         maps = cam_lib.grad_cam(trained.model, x.to(device), preds.tolist()) if want_cam else None
         for i, (path, image) in enumerate(zip(batch, images)):
@@ -70,7 +80,9 @@ def command(args: cli.Args) -> int:
         writer.writerow(["file", "predicted", "confidence", *[f"p_{n}" for n in names]])
         for path, pred, conf, probs_row in rows:
             writer.writerow([str(path), pred, f"{conf:.4f}", *[f"{p:.4f}" for p in probs_row]])
-    table = Table(title=f"{len(rows)} image(s), {trained.cfg.model.name} ({trained.weights})")
+    calibrated = f", calibrated at temperature {trained.calibration.temperature:.2f}" if trained.calibration else ""
+    what = f"the ensemble of {len(models)} runs" if len(models) > 1 else f"{trained.cfg.model.name} ({trained.weights}{calibrated})"
+    table = Table(title=f"{len(rows)} image(s), {what}")
     for column in ("file", "predicted", "confidence", *names):
         table.add_column(column, justify="left" if column in ("file", "predicted") else "right")
     for path, pred, conf, probs_row in rows:

@@ -12,6 +12,8 @@ failed (with --wait), 2 bad input.
 
 from __future__ import annotations
 
+import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Optional
@@ -24,7 +26,7 @@ from brainmri.console import console
 from brainmri.errors import BrainMRIError, ConfigError
 from brainmri.records import lower_is_better
 from brainmri.rundir import default_sweep_dir
-from brainmri.sweep import TrialRecord, expand_trials, load_sweep, read_manifest, trial_result, write_manifest
+from brainmri.sweep import TrialRecord, check_cv, cv_settings, expand_trials, load_sweep, read_manifest, trial_result, write_manifest
 from cluster import TrainJob, job_name, make_executor, quiet_submitit, sbatch_preview, submit_jobs, train_args
 from partition import check_partition
 from waiting import ACTIVE as QUEUE_ACTIVE
@@ -75,7 +77,8 @@ def trial_records(trials, known: dict[str, TrialRecord], sweep_dir: Path, cluste
     queue = read_queue() if known and cluster == "slurm" else None
     records = []
     for trial in trials:
-        record = known.get(trial.name) or TrialRecord(trial.index, trial.name, trial.overrides, str(sweep_dir / trial.name))
+        record = known.get(trial.name) or TrialRecord(trial.index, trial.name, trial.overrides, str(sweep_dir / trial.name),
+                                                      base=trial.base, fold=trial.fold)
         refresh(record, queue)
         records.append(record)
     return records
@@ -97,6 +100,9 @@ def run_sweep(settings: list[str], dry_run: bool, wait: bool) -> int:
     if not name:
         raise ConfigError("give the sweep: sweep=NAME (a file in recipes/sweeps/) or sweep=path/to/sweep.yaml")
     spec, source = load_sweep(name, cli.SWEEPS)
+    cv = overrides.pop("cv", None)
+    if cv is not None:
+        spec.cv = check_cv(cv, "the command line")
     sweep_dir = Path(overrides.pop("output_dir", None) or default_sweep_dir(spec.name)).resolve()
     common = [f"{k}={v}" for k, v in overrides.items()]
     trials = expand_trials(spec)
@@ -108,8 +114,9 @@ def run_sweep(settings: list[str], dry_run: bool, wait: bool) -> int:
     known = {t["name"]: TrialRecord(**t) for t in read_manifest(manifest_path).get("trials", [])}
     records = trial_records(trials, known, sweep_dir, slurm.cluster)
     todo = [(r, a, c) for r, (a, c) in zip(records, configs) if r.state not in ("completed", *ACTIVE)]
-    show_plan(f"sweep {spec.name}: {len(trials)} trial(s) of recipe {spec.recipe}", records, varying)
-    extra = {"recipe": spec.recipe, "metric": spec.metric, "varying": varying, "cli": common}
+    folds = f", each as {spec.cv} cross-validation folds" if spec.cv else ""
+    show_plan(f"sweep {spec.name}: {len(trials)} trial(s) of recipe {spec.recipe}{folds}", records, varying)
+    extra = {"recipe": spec.recipe, "metric": spec.metric, "varying": varying, "cli": common, "cv": spec.cv}
     if not todo:
         if known:
             write_manifest(manifest_path, spec.name, str(source), records, extra)
@@ -201,7 +208,47 @@ def show_status(sweep_dir: Path) -> int:
     extra = {k: v for k, v in manifest.items() if k not in ("sweep", "file", "trials")}
     write_manifest(sweep_dir / "manifest.json", manifest["sweep"], manifest["file"], records, extra)
     console.print(table)
+    if manifest.get("cv"):
+        show_cv(sweep_dir, manifest, records)
     return 0
+
+
+def show_cv(sweep_dir: Path, manifest: dict, records: list[TrialRecord]) -> None:
+    """Each setting's mean ± std over its folds, the spread and every fold's number; and the
+    metric against each swept parameter with error bars (cv_<metric>.png)."""
+    metric, varying, folds = manifest.get("metric", "val/macro_f1"), manifest.get("varying", []), int(manifest["cv"])
+    settings = cv_settings(records, metric, folds)
+    lower = lower_is_better(metric)
+    settings.sort(key=lambda c: (c.mean is None, (c.mean if lower else -c.mean) if c.mean is not None else 0.0))
+    table = Table(title=f"{folds}-fold cross-validation: best {metric} per fold, sorted by the mean")
+    for column in ("setting", "overrides", "folds done", "mean ± std", "spread", "per fold", "test acc (mean)"):
+        table.add_column(column, overflow="fold", justify="left" if column in ("setting", "overrides", "per fold") else "right")
+    for c in settings:
+        table.add_row(
+            c.base, " ".join(f"{k.rsplit('.', 1)[-1]}={c.overrides.get(k)}" for k in varying), f"{len(c.values)}/{folds}",
+            f"{c.mean:.4f} ± {c.std:.4f}" if c.mean is not None else "-", f"{c.spread:.4f}" if c.spread is not None else "-",
+            " ".join(f"{c.values[f]:.3f}" if f in c.values else "-" for f in range(folds)),
+            f"{sum(c.test_acc.values()) / len(c.test_acc):.4f}" if c.test_acc else "-",
+        )
+    console.print(table)
+    done = [c for c in settings if c.mean is not None]
+    if varying and done:
+        from brainmri import figures
+
+        axes = {}
+        for key in varying:
+            by_value: dict[str, list[float]] = {}
+            for c in done:
+                by_value.setdefault(json.dumps(c.overrides.get(key)), []).extend(c.values.values())
+            axes[key] = [(json.loads(v), statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0, len(xs))
+                         for v, xs in sorted(by_value.items(), key=lambda kv: sort_key(json.loads(kv[0])))]
+        png = sweep_dir / f"cv_{metric.replace('/', '_')}.png"
+        figures.save_figure(figures.cv_errorbars(axes, metric, f"sweep {manifest['sweep']}: {folds}-fold CV"), png)
+        console.print(f"wrote {png}")
+
+
+def sort_key(value) -> tuple:
+    return (0, float(value), "") if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0.0, str(value))
 
 
 def command(args: cli.Args) -> int:

@@ -25,11 +25,22 @@ FLAGS = [cli.Flag("--dry-run")]
 
 def dry_run(cfg: Config) -> int:
     """The resolved config and the model's size, without reading any data."""
-    from brainmri.models import build_model, count_parameters
+    import dataclasses
 
-    model = build_model(cfg.model, cfg.in_chans, cfg.data.image_size)
+    from brainmri.console import console
+    from brainmri.errors import ConfigError
+    from brainmri.models import build_model, check_pretrained_source, count_parameters
+
+    try:
+        source = check_pretrained_source(cfg.model)
+        weights = f"pretrained, from {source}" if source else "pretrained" if cfg.model.pretrained else "random init"
+    except ConfigError as e:
+        weights = f"[red]training would stop here: {e}[/red]"
+    # The architecture only: a dry run downloads nothing.
+    model = build_model(dataclasses.replace(cfg.model, pretrained=False, pretrained_file=None), cfg.in_chans, cfg.data.image_size)
     print_config(config_lib.to_yaml(cfg))
     print_model_summary(cfg.model.name, count_parameters(model), cfg.in_chans, cfg.data.image_size)
+    console.print(f"weights: {weights}", soft_wrap=True)
     return 0
 
 

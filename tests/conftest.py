@@ -28,12 +28,16 @@ LAYOUTS = {
 
 
 def make_image(label: int, size: int, seed: int) -> Image.Image:
-    """A grey slice with a bright blob whose position depends on the class, plus noise."""
+    """A grey slice with a bright blob whose position depends on the class, plus noise.
+
+    The blob moves and grows a little with the seed, so no two images are perceptual near
+    copies (the leakage-aware split would rightly keep such copies together)."""
     rng = np.random.default_rng(seed)
     img = rng.normal(40, 12, (size, size)).clip(0, 255)
     yy, xx = np.mgrid[:size, :size]
     cy, cx = [(0.3, 0.3), (0.3, 0.7), (0.5, 0.5), (0.7, 0.5)][label]
-    radius = size * (0.05 if label == 2 else 0.15)
+    cy, cx = cy + rng.uniform(-0.08, 0.08), cx + rng.uniform(-0.08, 0.08)
+    radius = size * (0.05 if label == 2 else 0.15) * rng.uniform(0.8, 1.25)
     img[(yy - cy * size) ** 2 + (xx - cx * size) ** 2 < radius**2] = 220
     return Image.fromarray(img.astype(np.uint8), mode="L").convert("RGB")
 

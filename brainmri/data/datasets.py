@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import logging
+import os
 import random
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from brainmri.data.groups import duplicate_groups, fold_split, group_split, perceptual_hash
 from brainmri.errors import DatasetError
 from brainmri.rundir import atomic_write_text
 
@@ -66,6 +68,8 @@ class DatasetSplits:
     test: Optional[list[Sample]]  # None: the dataset has no Testing folder
     bad: dict[str, str]  # relative path -> reason, for images left out (on_bad_image=skip)
     leaks: dict[str, str] = field(default_factory=dict)  # test path -> Training path with the same pixels
+    excluded: list[str] = field(default_factory=list)  # Training paths left out on purpose (data.exclude)
+    groups: dict[str, int] = field(default_factory=dict)  # Training path -> duplicate group (split.csv's group column)
 
 
 def resolve_root(root: Optional[str]) -> Path:
@@ -101,15 +105,39 @@ def list_images(split_dir: Path, root: Path) -> list[Sample]:
     samples: list[Sample] = []
     for class_dir in sorted(class_dirs, key=lambda p: (CLASS_ALIASES[p.name.lower()], p.name)):
         label = CLASS_ALIASES[class_dir.name.lower()]
-        files = sorted(
-            f
-            for f in class_dir.rglob("*")
-            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".")
-        )
+        files = class_files(class_dir)
         if not files:
             raise DatasetError(f"class folder {class_dir} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         samples.extend(Sample(f.relative_to(root).as_posix(), label) for f in files)
     return samples
+
+
+def is_hidden(name: str) -> bool:
+    """Tool and OS litter, never data: .ipynb_checkpoints, .git, .DS_Store, __MACOSX."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def class_files(class_dir: Path) -> list[Path]:
+    """The image files under one class folder, hidden folders at every level skipped.
+
+    A symlink whose target is gone is kept: it is a missing image (a storage mount absent on
+    this node, say) and the image check reports it like any unreadable file.
+    """
+    files, skipped = [], 0
+    for folder, dirs, names in os.walk(class_dir, followlinks=True):
+        hidden = [d for d in dirs if is_hidden(d)]
+        for d in hidden:
+            skipped += sum(len(n) for _, _, n in os.walk(Path(folder) / d))
+        dirs[:] = sorted(d for d in dirs if not is_hidden(d))
+        for name in names:
+            path = Path(folder) / name
+            if is_hidden(name) or path.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            if path.is_file() or path.is_symlink():
+                files.append(path)
+    if skipped:
+        log.info("skipped %d file(s) in hidden folders under %s (.ipynb_checkpoints, .git, __MACOSX, ...)", skipped, class_dir)
+    return sorted(files)
 
 
 def to_channels(image: Image.Image, channels: int) -> Image.Image:
@@ -153,6 +181,8 @@ def pixel_hash(image: Image.Image) -> str:
 
 def open_verified(path: Path) -> tuple[Optional[str], Optional[Image.Image]]:
     """(why ``path`` cannot be trained on, None) or (None, the fully decoded image)."""
+    if path.is_symlink() and not path.exists():
+        return f"broken symlink (its target {os.readlink(path)} does not exist on this machine)", None
     try:
         if path.stat().st_size == 0:
             return "empty file (0 bytes)", None
@@ -170,27 +200,31 @@ def open_verified(path: Path) -> tuple[Optional[str], Optional[Image.Image]]:
         return f"corrupt: {e}", None
 
 
-def verify_image(path: Path) -> tuple[Optional[str], Optional[str]]:
-    """(why ``path`` cannot be trained on, None) or (None, its :func:`pixel_hash`)."""
+def verify_image(path: Path, perceptual: bool = False) -> tuple[Optional[str], Optional[str], Optional[int]]:
+    """(why ``path`` cannot be trained on, None, None) or (None, its :func:`pixel_hash`, its
+    perceptual hash when asked), from one decode."""
     reason, image = open_verified(path)
     if image is None:
-        return reason, None
+        return reason, None, None
     try:
-        return None, pixel_hash(image)
+        return None, pixel_hash(image), perceptual_hash(image) if perceptual else None
     except (OSError, ValueError) as e:  # a mode PIL cannot convert
-        return f"unsupported image mode {image.mode}: {e}", None
+        return f"unsupported image mode {image.mode}: {e}", None, None
 
 
-def verify_images(root: Path, samples: Sequence[Sample], workers: int) -> tuple[dict[str, str], dict[str, str]]:
+def verify_images(root: Path, samples: Sequence[Sample], workers: int,
+                  perceptual: bool = False) -> tuple[dict[str, str], dict[str, str], dict[str, int]]:
     """Decode every image once (threads: PIL releases the GIL).
 
-    Returns all failures (path -> reason) and the pixel hash of every readable image.
+    Returns all failures (path -> reason), the pixel hash of every readable image and, with
+    ``perceptual``, its perceptual hash (for near-duplicate groups).
     """
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = list(pool.map(lambda s: verify_image(root / s.path), samples, chunksize=16))
-    bad = {s.path: r for s, (r, _) in zip(samples, results) if r is not None}
-    hashes = {s.path: h for s, (_, h) in zip(samples, results) if h is not None}
-    return bad, hashes
+        results = list(pool.map(lambda s: verify_image(root / s.path, perceptual), samples, chunksize=16))
+    bad = {s.path: r for s, (r, _, _) in zip(samples, results) if r is not None}
+    hashes = {s.path: h for s, (_, h, _) in zip(samples, results) if h is not None}
+    phashes = {s.path: p for s, (_, _, p) in zip(samples, results) if p is not None}
+    return bad, hashes, phashes
 
 
 def train_test_leaks(train: Sequence[Sample], test: Sequence[Sample], hashes: dict[str, str]) -> dict[str, str]:
@@ -218,25 +252,93 @@ def stratified_split(samples: Sequence[Sample], val_fraction: float, seed: int) 
     return sorted(train, key=lambda s: s.path), sorted(val, key=lambda s: s.path)
 
 
+@dataclass(frozen=True)
+class SplitRule:
+    """How Training becomes train and validation (the ``data.*`` split keys)."""
+
+    val_fraction: float = 0.1
+    seed: int = 0
+    groups: str = "near"  # near: pixel copies and perceptual near copies stay together; exact: pixel copies; none
+    near_threshold: int = 4  # perceptual-hash bits (the audit's rule)
+    folds: int = 0  # > 1: k-fold cross-validation, fold ``fold`` validates
+    fold: int = 0
+
+
+def split_rule(data, seed: int) -> SplitRule:
+    """The split keys of a ``DataConfig``."""
+    return SplitRule(data.val_fraction, seed, data.split_groups, data.near_threshold, data.folds, data.fold)
+
+
+def split_training(samples: Sequence[Sample], rule: SplitRule, pixels: dict[str, str],
+                   phashes: dict[str, int]) -> tuple[list[Sample], list[Sample], dict[str, int]]:
+    """train, validation and every Training image's duplicate group under ``rule``."""
+    paths = [s.path for s in samples]
+    if rule.groups == "none":
+        groups = {p: i for i, p in enumerate(paths)}
+        if rule.folds > 1:
+            train, val = fold_split(samples, None, rule.folds, rule.fold, rule.seed)
+        else:
+            train, val = stratified_split(samples, rule.val_fraction, rule.seed)
+        return train, val, groups
+    groups = duplicate_groups(paths, pixels, phashes, rule.near_threshold if rule.groups == "near" else None)
+    if rule.folds > 1:
+        train, val = fold_split(samples, groups, rule.folds, rule.fold, rule.seed)
+    else:
+        train, val = group_split(samples, groups, rule.val_fraction, rule.seed)
+    sizes = Counter(groups.values())
+    log.info("validation keeps %d duplicate group(s) of %d images whole (data.split_groups=%s)",
+             sum(n > 1 for n in sizes.values()), sum(n for n in sizes.values() if n > 1), rule.groups)
+    return train, val, groups
+
+
+def read_exclude_list(path: Path) -> list[str]:
+    """The files of an exclusion list: a CSV with a ``file`` column (``label_issues.csv``), or
+    one path per line; paths relative to data.root."""
+    if not path.is_file():
+        raise DatasetError(f"data.exclude={path}: no such file")
+    text = path.read_text()
+    first = text.splitlines()[0] if text.strip() else ""
+    if "file" in [c.strip() for c in first.split(",")]:
+        return [row["file"] for row in csv.DictReader(io.StringIO(text)) if row.get("file")]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def drop_excluded(train_all: list[Sample], excluded: Sequence[str], source: str) -> list[Sample]:
+    """Training without the listed files; a listed file that is not in Training is an error
+    (a list made for another dataset or data.root)."""
+    known = {s.path for s in train_all}
+    unknown = [p for p in excluded if p not in known]
+    if unknown:
+        raise DatasetError(f"data.exclude={source} lists {len(unknown)} file(s) that are not Training images of this "
+                           f"dataset, e.g. {unknown[0]}")
+    drop = set(excluded)
+    log.info("leaving out %d Training image(s) listed in %s (data.exclude)", len(drop), source)
+    return [s for s in train_all if s.path not in drop]
+
+
 def scan_dataset(
-    root: Path, val_fraction: float, seed: int, on_bad_image: str, workers: int, dedup: str = "none"
+    root: Path, split: SplitRule, on_bad_image: str, workers: int, dedup: str = "none", exclude: Optional[Path] = None
 ) -> DatasetSplits:
     """Find the splits, check every image and split Training into train and validation.
 
     All unreadable images are reported together so a user fixes them in one go.
     ``dedup="train_test"`` drops the test images whose pixels equal a Training image's, so
-    the test score measures generalisation rather than memory.
+    the test score measures generalisation rather than memory. Validation (or a k-fold
+    fold) keeps duplicate groups whole (:mod:`brainmri.data.groups`).
     """
     train_dir = find_split_dir(root, "train")
     if train_dir is None:
         found = sorted(p.name for p in root.iterdir() if p.is_dir())
         raise DatasetError(f"no Training/ (or train/) folder in {root}; found {found}")
     train_all = list_images(train_dir, root)
+    excluded = read_exclude_list(exclude) if exclude is not None else []
+    if excluded:
+        train_all = drop_excluded(train_all, excluded, str(exclude))
     test_dir = find_split_dir(root, "test")
     test = list_images(test_dir, root) if test_dir is not None else None
     everything = train_all + (test or [])
     log.info("checking %d images in %s", len(everything), root)
-    bad, hashes = verify_images(root, everything, workers)
+    bad, hashes, phashes = verify_images(root, everything, workers, perceptual=split.groups == "near")
     if bad and on_bad_image == "error":
         listing = "; ".join(f"{p}: {r}" for p, r in sorted(bad.items()))
         raise DatasetError(
@@ -256,10 +358,10 @@ def scan_dataset(
             test = [s for s in test if s.path not in leaks]
     if test is not None and not test:
         raise DatasetError(f"no readable test images in {test_dir}")
-    train, val = stratified_split(train_all, val_fraction, seed)
-    if not val:
+    train, val, groups = split_training(train_all, split, hashes, phashes)
+    if not val or not train:
         raise DatasetError(f"too few training images in {train_dir} for a validation split")
-    return DatasetSplits(root=root, train=train, val=val, test=test, bad=bad, leaks=leaks)
+    return DatasetSplits(root=root, train=train, val=val, test=test, bad=bad, leaks=leaks, groups=groups, excluded=sorted(set(excluded)))
 
 
 def class_counts(samples: Sequence[Sample]) -> list[int]:
@@ -273,26 +375,30 @@ def first_per_class(samples: Sequence[Sample], k: int) -> list[Sample]:
 
 
 def write_split(path: Path, splits: DatasetSplits) -> None:
-    """The exact split as CSV (file, class, split), so any run can be reproduced."""
+    """The exact split as CSV (file, class, split, group), so any run can be reproduced; the
+    group is the Training image's duplicate group (empty for test images)."""
     text = io.StringIO(newline="")
     writer = csv.writer(text)
-    writer.writerow(["file", "class", "split"])
+    writer.writerow(["file", "class", "split", "group"])
     for name, samples in (("train", splits.train), ("val", splits.val), ("test", splits.test or [])):
         for s in samples:
-            writer.writerow([s.path, CLASS_NAMES[s.label], name])
+            writer.writerow([s.path, CLASS_NAMES[s.label], name, splits.groups.get(s.path, "")])
     atomic_write_text(path, text.getvalue())
 
 
 def read_split(path: Path, root: Path, has_test: bool) -> DatasetSplits:
     """Reload a split written by :func:`write_split` (used on resume and by every rank)."""
     parts: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
+    groups: dict[str, int] = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             parts[row["split"]].append(Sample(row["file"], CLASS_NAMES.index(row["class"])))
+            if row.get("group"):  # written since 0.3
+                groups[row["file"]] = int(row["group"])
     missing = [s.path for s in parts["train"][:1] + parts["val"][:1] if not (root / s.path).is_file()]
     if missing:
         raise DatasetError(f"{path} lists {missing[0]}, which is not in data.root={root}")
-    return DatasetSplits(root, parts["train"], parts["val"], parts["test"] if has_test else None, {})
+    return DatasetSplits(root, parts["train"], parts["val"], parts["test"] if has_test else None, {}, groups=groups)
 
 
 class ImageDataset(Dataset):

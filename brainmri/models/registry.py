@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import timm
 from torch import nn
@@ -84,6 +84,36 @@ def create_timm_model(num_classes: int, in_chans: int, cfg: ModelConfig) -> nn.M
         # Read here, safely (no pickled code runs), and handed to timm as a state dict.
         kwargs["pretrained_cfg_overlay"] = {"state_dict": load_state_dict_file(path)}
     return timm.create_model(cfg.name, pretrained=pretrained, **kwargs)
+
+
+def check_pretrained_source(cfg: ModelConfig, timeout: float = 5.0) -> Optional[str]:
+    """Raise one line before any data is read when ``model.pretrained`` cannot be honoured:
+    the weights are not in this node's Hugging Face cache and the hub cannot be reached
+    (compute nodes often have no internet). Returns where the weights will come from."""
+    if not cfg.pretrained or cfg.pretrained_file or cfg.name in _REGISTRY or not timm.is_model(cfg.name):
+        return None
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    hub_id = getattr(timm.models.get_pretrained_cfg(cfg.name), "hf_hub_id", None)
+    if hub_id is None:
+        return None  # weights from a plain URL: timm's own cache and error apply
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        cached = try_to_load_from_cache(hub_id, filename)
+        if isinstance(cached, str):
+            return f"Hugging Face cache ({cached})"
+    if not constants.HF_HUB_OFFLINE:
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(urllib.request.Request(f"{constants.ENDPOINT}/api/models/{hub_id}", method="HEAD"), timeout=timeout)
+            return f"the Hugging Face hub ({hub_id})"
+        except (urllib.error.URLError, OSError):
+            pass
+    raise ConfigError(
+        f"model.pretrained=true: {cfg.name}'s weights ({hub_id}) are not in this node's Hugging Face cache and the hub "
+        f"cannot be reached; give model.pretrained_file=/path/to/{cfg.name}.safetensors or set model.pretrained=false"
+    )
 
 
 def build_model(cfg: ModelConfig, in_chans: int, image_size: int, num_classes: int = 4) -> nn.Module:

@@ -47,6 +47,16 @@ def test_demo_two_processes_ddp(tmp_path):
         assert (out / name).is_file(), name
     split_rows = (out / "split.csv").read_text().splitlines()[1:]
     assert len(split_rows) == 200
+    # Calibration: a temperature fitted on the best weights' validation predictions, and
+    # those predictions (every validation image once, across both ranks) beside it.
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert calibration["fitted_on"] == "val" and calibration["temperature"] > 0
+    assert calibration["nll_after"] <= calibration["nll_before"] + 1e-9
+    val_rows = [r for r in split_rows if r.split(",")[2] == "val"]
+    predicted = (out / "val_predictions.csv").read_text().splitlines()
+    assert predicted[0] == "file,label,p_glioma,p_meningioma,p_notumor,p_pituitary"
+    assert sorted(r.split(",")[0] for r in predicted[1:]) == sorted(r.split(",")[0] for r in val_rows) and len(val_rows) == calibration["size"]
+    assert results["temperature"] == calibration["temperature"] and "test/ece_calibrated" in results
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0001", "epoch_0002"]
     assert proc.stdout.count("resolved config") == 1  # only the main process prints
     check_offline_wandb_run(out, results)

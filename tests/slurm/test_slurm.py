@@ -202,6 +202,39 @@ def test_sweep_of_two_node_trials_one_array_then_nothing_then_status_then_only_t
     assert {t["state"] for t in manifest["trials"]} == {"completed"}
 
 
+def test_cv_sweep_runs_every_fold_as_one_array_and_reports_mean_and_std(tmp_path):
+    """sweep.py cv=2: both settings x 2 folds in one job array (1 node each, 2 at a time);
+    the folds of a setting partition Training, groups never straddle, each fold writes its
+    out-of-fold probabilities; status shows mean ± std and writes the error-bar figure."""
+    sweep_dir = tmp_path / "cv"
+    proc = run_script(python(SWEEP, "sweep=demo", "cv=2", "slurm.nodes=1", f"output_dir={sweep_dir}", "tracking.wandb=disabled",
+                             "--wait"), timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    manifest = json.loads((sweep_dir / "manifest.json").read_text())
+    trials = manifest["trials"]
+    assert manifest["cv"] == 2 and len(trials) == 4 and {t["state"] for t in trials} == {"completed"}
+    assert len({t["job_id"].split("_")[0] for t in trials}) == 1  # ONE array job
+    for base in ("t00-lr=0.001", "t01-lr=0.003"):
+        folds = [sweep_dir / f"{base}-fold{f}" for f in (0, 1)]
+        oof = [{r.split(",")[0] for r in (d / "val_predictions.csv").read_text().splitlines()[1:]} for d in folds]
+        rows = [r.split(",") for r in (folds[0] / "split.csv").read_text().splitlines()[1:] if ",test," not in r]
+        assert not oof[0] & oof[1] and oof[0] | oof[1] == {r[0] for r in rows}  # every Training image out-of-fold once
+        group_of = {r[0]: r[3] for r in rows}
+        assert not {group_of[p] for p in oof[0]} & {group_of[p] for p in oof[1]}
+    status = run_script(python(SWEEP, "status", str(sweep_dir)))
+    assert status.returncode == 0, status.stderr
+    assert "2-fold cross-validation" in status.stdout and " ± " in status.stdout and "2/2" in status.stdout
+    assert (sweep_dir / "cv_val_acc.png").read_bytes()[:4] == b"\x89PNG"
+    # The label audit reads the best setting's out-of-fold predictions; the ensemble scores the test split.
+    audit = run_script(python(str(REPO / "launch" / "audit.py"), "labels", str(sweep_dir), f"--out={tmp_path / 'labels'}"))
+    assert audit.returncode == 0, audit.stderr
+    assert re.search(r"\d+ label issue\(s\) among 160 Training images \(setting t0\d-lr=0.00\d\)", " ".join(audit.stdout.split()))
+    assert (tmp_path / "labels" / "label_issues.csv").read_text().startswith("file,given,suggested,score,p_suggested\n")
+    ensemble = run_script(python(str(REPO / "launch" / "evaluate.py"), f"run={sweep_dir}"))
+    assert ensemble.returncode == 0, ensemble.stderr
+    assert "the ensemble of 4 runs" in ensemble.stdout and (sweep_dir / "eval_test_ensemble.json").is_file()
+
+
 def test_a_request_no_node_can_run_is_refused_before_submitting(tmp_path):
     """The new user's mistake: 2 tasks per node on 1-CPU nodes (sbatch would accept it and
     leave it pending with PartitionConfig forever)."""

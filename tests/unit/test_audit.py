@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from brainmri.audit import audit
-from brainmri.data.datasets import scan_dataset
+from brainmri.data.datasets import SplitRule, scan_dataset
 from tests.conftest import LAYOUTS
 
 
@@ -76,9 +76,9 @@ def test_audit_reports_unreadable_files(planted):
 
 
 def test_dedup_train_test_removes_exactly_the_planted_exact_leaks(planted):
-    kept = scan_dataset(planted, 0.2, 0, "error", workers=2)
+    kept = scan_dataset(planted, SplitRule(0.2, 0), "error", workers=2)
     assert len(kept.test) == 12 and set(kept.leaks) == {"Testing/glioma_tumor/copy.jpg", "Testing/no_tumor/resaved.png"}
-    deduped = scan_dataset(planted, 0.2, 0, "error", workers=2, dedup="train_test")
+    deduped = scan_dataset(planted, SplitRule(0.2, 0), "error", workers=2, dedup="train_test")
     dropped = {s.path for s in kept.test} - {s.path for s in deduped.test}
     assert dropped == {"Testing/glioma_tumor/copy.jpg", "Testing/no_tumor/resaved.png"}
     assert deduped.train == kept.train and deduped.val == kept.val

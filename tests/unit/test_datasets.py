@@ -15,6 +15,7 @@ from brainmri.data.datasets import (
     load_image,
     read_split,
     resolve_root,
+    SplitRule,
     scan_dataset,
     stratified_split,
     to_channels,
@@ -25,7 +26,7 @@ from tests.conftest import make_dataset
 
 
 def scan(root, on_bad_image="error"):
-    return scan_dataset(root, val_fraction=0.25, seed=0, on_bad_image=on_bad_image, workers=2)
+    return scan_dataset(root, SplitRule(val_fraction=0.25, seed=0), on_bad_image=on_bad_image, workers=2)
 
 
 @pytest.mark.parametrize("layout", ["sartaj", "masoud"])
@@ -94,6 +95,36 @@ def test_hidden_and_non_image_files_are_ignored(tmp_path):
     assert len(list_images(root / "Training", root)) == 8
 
 
+def test_hidden_folders_are_skipped_at_every_level_and_counted(tmp_path, caplog):
+    """A Jupyter checkpoint copy inside a class folder is not data (nor .git, nor __MACOSX)."""
+    import logging
+
+    root = make_dataset(tmp_path / "d", train_per_class=2, test_per_class=0)
+    glioma = root / "Training" / "glioma_tumor"
+    for hidden in (".ipynb_checkpoints", "sub/.git/objects", "__MACOSX"):
+        (glioma / hidden).mkdir(parents=True)
+        shutil.copy(glioma / "image (0).jpg", glioma / hidden / "image (0)-checkpoint.jpg")
+    (glioma / "sub" / "kept.jpg").write_bytes((glioma / "image (1).jpg").read_bytes())
+    with caplog.at_level(logging.INFO, logger="brainmri.data.datasets"):
+        paths = [s.path for s in list_images(root / "Training", root)]
+    assert len(paths) == 9 and "Training/glioma_tumor/sub/kept.jpg" in paths
+    assert not any("checkpoint" in p for p in paths)
+    assert "skipped 3 file(s) in hidden folders under" in caplog.text
+
+
+def test_a_dangling_symlink_is_a_missing_image_not_a_silent_drop(tmp_path):
+    root = make_dataset(tmp_path / "d", train_per_class=3, test_per_class=1)
+    link = root / "Training" / "glioma_tumor" / "linked.jpg"
+    link.symlink_to("/mnt/storage-not-mounted/scan42.jpg")
+    with pytest.raises(DatasetError) as info:
+        scan(root)
+    assert str(info.value).startswith("1 unreadable image(s)")
+    assert ("Training/glioma_tumor/linked.jpg: broken symlink (its target /mnt/storage-not-mounted/scan42.jpg "
+            "does not exist on this machine)") in str(info.value)
+    splits = scan(root, on_bad_image="skip")
+    assert list(splits.bad) == ["Training/glioma_tumor/linked.jpg"]
+
+
 def plant_bad_images(root: Path) -> dict[str, str]:
     """Zero-byte, text-as-jpg, truncated and corrupt files; returns name -> expected reason."""
     folder = root / "Training" / "glioma_tumor"
@@ -146,9 +177,72 @@ def test_split_file_round_trip(tmp_path):
     splits = scan(root)
     write_split(tmp_path / "split.csv", splits)
     rows = list(csv.DictReader(open(tmp_path / "split.csv")))
-    assert set(rows[0]) == {"file", "class", "split"}
+    assert set(rows[0]) == {"file", "class", "split", "group"}
+    assert all(r["group"] == "" for r in rows if r["split"] == "test") and all(r["group"] for r in rows if r["split"] != "test")
     again = read_split(tmp_path / "split.csv", root, has_test=True)
-    assert (again.train, again.val, again.test) == (splits.train, splits.val, splits.test)
+    assert (again.train, again.val, again.test, again.groups) == (splits.train, splits.val, splits.test, splits.groups)
+    old = tmp_path / "old.csv"  # written before the group column existed
+    old.write_text("".join(",".join(line.split(",")[:3]) + "\n" for line in (tmp_path / "split.csv").read_text().splitlines()))
+    assert read_split(old, root, has_test=True).train == splits.train
+
+
+def planted_duplicates(root: Path) -> dict[str, list[str]]:
+    """Copies planted in Training: pixel copies and a re-encoded, slightly darker near copy."""
+    folder = root / "Training" / "glioma_tumor"
+    source = Image.open(folder / "image (0).jpg").convert("RGB")
+    shutil.copy(folder / "image (0).jpg", folder / "copy-a.jpg")
+    shutil.copy(folder / "image (0).jpg", folder / "copy-b.jpg")
+    source.point(lambda v: max(0, v - 3)).save(folder / "near.jpg", quality=80)
+    other = root / "Training" / "meningioma_tumor"
+    shutil.copy(other / "image (1).jpg", other / "copy-m.jpg")
+    g = "Training/glioma_tumor/"
+    return {"near": [g + "image (0).jpg", g + "copy-a.jpg", g + "copy-b.jpg", g + "near.jpg"],
+            "exact_m": ["Training/meningioma_tumor/image (1).jpg", "Training/meningioma_tumor/copy-m.jpg"]}
+
+
+@pytest.mark.parametrize("groups", ["near", "exact"])
+def test_duplicate_groups_never_straddle_train_and_validation_or_folds(tmp_path, groups):
+    root = make_dataset(tmp_path / "d", train_per_class=10, test_per_class=1, size=64)
+    planted = planted_duplicates(root)
+    together = [planted["near"] if groups == "near" else planted["near"][:3], planted["exact_m"]]
+    for seed in range(6):
+        rules = [SplitRule(0.25, seed, groups)] + [SplitRule(0.25, seed, groups, folds=4, fold=f) for f in range(4)]
+        val_union = []
+        for rule in rules:
+            splits = scan_dataset(root, rule, "error", workers=2)
+            val = {s.path for s in splits.val}
+            assert not val & {s.path for s in splits.train}
+            for group in together:
+                assert len({splits.groups[p] for p in group}) == 1
+                assert {p in val for p in group} in ({True}, {False}), (rule, group)
+            if rule.folds:
+                val_union += sorted(val)
+        assert sorted(val_union) == sorted({s.path for s in splits.train + splits.val})  # folds partition Training
+    if groups == "exact":  # the near copy is its own group under the exact rule
+        assert splits.groups[planted["near"][3]] != splits.groups[planted["near"][0]]
+
+
+def test_split_groups_none_is_the_plain_stratified_split(tmp_path):
+    root = make_dataset(tmp_path / "d", train_per_class=10, test_per_class=1, size=64)
+    planted_duplicates(root)
+    plain = scan_dataset(root, SplitRule(0.25, 3, "none"), "error", workers=2)
+    train_all = sorted(plain.train + plain.val, key=lambda s: s.path)
+    assert (plain.train, plain.val) == stratified_split(train_all, 0.25, seed=3)
+    assert len(set(plain.groups.values())) == len(train_all)  # every image its own group
+
+
+def test_without_duplicates_the_grouped_split_is_the_plain_split(tmp_path):
+    root = make_dataset(tmp_path / "d", train_per_class=10, test_per_class=1, size=64)
+    for seed in range(4):
+        grouped = scan_dataset(root, SplitRule(0.2, seed, "exact"), "error", workers=2)  # the synthetic images are near copies
+        plain = scan_dataset(root, SplitRule(0.2, seed, "none"), "error", workers=2)
+        assert (grouped.train, grouped.val) == (plain.train, plain.val)
+
+
+def test_too_many_folds_for_the_data_is_one_line(tmp_path):
+    root = make_dataset(tmp_path / "d", train_per_class=3, test_per_class=1)
+    with pytest.raises(DatasetError, match=r"^data.folds=5: no class has that many training images \(the largest has 3\)$"):
+        scan_dataset(root, SplitRule(folds=5, fold=0), "error", workers=2)
 
 
 @pytest.mark.parametrize(
@@ -200,7 +294,26 @@ def test_resolve_root():
 
 
 def test_bundled_demo_is_complete():
-    splits = scan_dataset(DEMO_ROOT, 0.2, 0, "error", workers=2)
+    splits = scan_dataset(DEMO_ROOT, SplitRule(0.2, 0), "error", workers=2)
     assert class_counts(splits.train + splits.val) == [40, 40, 40, 40]
     assert class_counts(splits.test) == [10, 10, 10, 10]
     assert (DEMO_ROOT / "README.md").is_file()
+
+
+def test_exclude_list_trains_without_the_files_and_names_unknown_ones(tmp_path):
+    root = make_dataset(tmp_path / "d", train_per_class=6, test_per_class=1)
+    issues = tmp_path / "label_issues.csv"
+    issues.write_text("file,given,suggested,score\nTraining/glioma_tumor/image (1).jpg,glioma,notumor,0.9\n"
+                      "Training/pituitary_tumor/image (2).jpg,pituitary,glioma,0.8\n")
+    splits = scan_dataset(root, SplitRule(0.25, 0), "error", workers=2, exclude=issues)
+    used = {s.path for s in splits.train + splits.val}
+    assert len(used) == 22 and "Training/glioma_tumor/image (1).jpg" not in used
+    assert splits.excluded == ["Training/glioma_tumor/image (1).jpg", "Training/pituitary_tumor/image (2).jpg"]
+    plain = tmp_path / "plain.txt"
+    plain.write_text("Training/glioma_tumor/image (1).jpg\n\n")
+    assert len(scan_dataset(root, SplitRule(0.25, 0), "error", workers=2, exclude=plain).excluded) == 1
+    plain.write_text("Training/glioma_tumor/image (99).jpg\n")
+    with pytest.raises(DatasetError, match=r"lists 1 file\(s\) that are not Training images of this dataset, e.g. Training/glioma_tumor/image \(99\).jpg"):
+        scan_dataset(root, SplitRule(0.25, 0), "error", workers=2, exclude=plain)
+    with pytest.raises(DatasetError, match=r"data.exclude=.*nope.csv: no such file"):
+        scan_dataset(root, SplitRule(0.25, 0), "error", workers=2, exclude=tmp_path / "nope.csv")

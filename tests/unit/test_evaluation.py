@@ -59,3 +59,40 @@ def test_find_images_names_the_culprit(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(DatasetError, match="1 unreadable image"):
         find_images([str(tmp_path)])
+
+
+def test_an_ensemble_is_the_mean_of_its_members_and_a_sweep_folder_names_its_finished_runs(tmp_path):
+    """Two copies of one run score exactly like the run; a calibrated copy moves only the
+    calibrated numbers; a sweep folder yields its trials that have results."""
+    import json
+
+    from brainmri.calibration import Calibration
+    from brainmri.evaluation import load_models, run_dirs
+
+    calibrated = tmp_path / "calibrated"
+    shutil.copytree(FIXTURE, calibrated)
+    (calibrated / "calibration.json").write_text(json.dumps(
+        {"temperature": 2.0, "fitted_on": "val", "size": 32, "nll_before": 1.4, "nll_after": 1.3}))
+    single = load_trained(str(FIXTURE), device=CPU)
+    splits = split_samples(single, None, "test")
+    alone = evaluate(single, splits, "test", batch_size=16)
+    pair = evaluate(load_models(f"{FIXTURE},{FIXTURE}", device=CPU), splits, "test", batch_size=16)
+    assert torch.allclose(pair["probs"], alone["probs"]) and pair["metrics"]["test/acc"] == alone["metrics"]["test/acc"]
+    assert alone["calibrated"] is None
+    members = load_models(f"{calibrated},{calibrated}", device=CPU)
+    assert members[0].calibration == Calibration(2.0, "val", 32, 1.4, 1.3)
+    both = evaluate(members, splits, "test", batch_size=16)
+    expected = (alone["probs"].log() / 2.0).softmax(dim=1)
+    assert torch.allclose(both["calibrated"]["probs"], expected, atol=1e-6) and both["calibrated"]["temperature"] == [2.0, 2.0]
+    assert torch.equal(both["calibrated"]["probs"].argmax(1), alone["probs"].argmax(1))
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "manifest.json").write_text(json.dumps({"trials": [{"output_dir": str(calibrated)}, {"output_dir": str(tmp_path / "unfinished")}]}))
+    (calibrated / "results.json").write_text("{}")
+    assert run_dirs(str(sweep)) == [calibrated]
+    with pytest.raises(CheckpointError, match="checkpoint= picks the weights of one run"):
+        load_models(f"{FIXTURE},{FIXTURE}", checkpoint=str(FIXTURE / "best.safetensors"))
+    (calibrated / "results.json").unlink()
+    with pytest.raises(CheckpointError, match="has no finished trial yet"):
+        run_dirs(str(sweep))

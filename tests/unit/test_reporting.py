@@ -8,7 +8,7 @@ import torch
 from brainmri.config import AugmentConfig, DataConfig, FiguresConfig, TrackingConfig
 from brainmri.data.batch_augment import BatchAugment
 from brainmri.data.cache import decode_resized
-from brainmri.data.datasets import first_per_class, scan_dataset
+from brainmri.data.datasets import SplitRule, first_per_class, scan_dataset
 from brainmri.data.loaders import preview_augmentation
 from brainmri.data.transforms import build_train_transform, resolve_augment
 from brainmri.preparation import dataset_info
@@ -32,7 +32,7 @@ def start_and_epoch(tmp_path, dataset, main: bool) -> Reporter:
     """A Reporter of a 2-rank run on ``main`` or another rank, through its start and one epoch."""
     reporter = Reporter(Process(main), RunDir(tmp_path / "run"), TrackingConfig(wandb="disabled"),
                         FiguresConfig(samples_per_class=1), "disabled", show_progress=False, select_metric="val/acc")
-    splits = scan_dataset(dataset, 0.25, 0, "error", workers=1)
+    splits = scan_dataset(dataset, SplitRule(0.25, 0), "error", workers=1)
     reporter.start(splits, dataset_info(Config(), splits, [0.5] * 3, [0.5] * 3), DataConfig(image_size=32), AugmentConfig(), 0)
     reporter.epoch(RECORD, [RECORD], 1, 2)
     return reporter
@@ -56,7 +56,7 @@ def test_main_process_draws_the_start_and_epoch_figures(tmp_path, tiny_dataset):
 
 
 def test_cached_preview_is_the_batch_augmentation(tiny_dataset):
-    splits = scan_dataset(tiny_dataset, 0.25, 0, "error", workers=1)
+    splits = scan_dataset(tiny_dataset, SplitRule(0.25, 0), "error", workers=1)
     chosen = first_per_class(splits.train, 2)
     augment = AugmentConfig(preset="cnn_study")
     mean, std = [0.2] * 3, [0.3] * 3
@@ -72,7 +72,7 @@ def test_cached_preview_is_the_batch_augmentation(tiny_dataset):
 def test_pil_preview_is_the_per_image_transform(tiny_dataset):
     from brainmri.data.datasets import load_image
 
-    splits = scan_dataset(tiny_dataset, 0.25, 0, "error", workers=1)
+    splits = scan_dataset(tiny_dataset, SplitRule(0.25, 0), "error", workers=1)
     chosen = first_per_class(splits.train, 1)
     augment = AugmentConfig(preset="resnet_study")
     pairs = preview_augmentation(splits.root, chosen, DataConfig(image_size=32, pipeline="pil"), augment, [0.5] * 3, [0.5] * 3, seed=1)

@@ -108,3 +108,37 @@ def test_trials_whose_jobs_left_the_queue_without_results_are_failed_and_resubmi
     unknown = TrialRecord(0, "t0", {}, str(tmp_path / "t0"), job_id="9_0", state="running")
     sweep_script.refresh(unknown, None)  # squeue did not answer: nothing concluded
     assert unknown.state == "running"
+
+
+def test_cv_expands_every_setting_into_folds_with_a_shared_base(tmp_path):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("recipe: demo\ncv: 3\ngrid:\n  optim.lr: [0.001, 0.01]\n")
+    spec, _ = load_sweep(str(sweep), tmp_path)
+    trials = expand_trials(spec)
+    assert [t.name for t in trials] == [f"t{s:02d}-lr={lr}-fold{f}" for s, lr in ((0, "0.001"), (1, "0.01")) for f in range(3)]
+    assert {t.base for t in trials} == {"t00-lr=0.001", "t01-lr=0.01"}
+    assert [(t.overrides["data.folds"], t.overrides["data.fold"]) for t in trials[:3]] == [(3, 0), (3, 1), (3, 2)]
+    for bad in ("1", "-2", "x", "2.5"):
+        sweep.write_text(f"recipe: demo\ncv: {bad}\n")
+        with pytest.raises(ConfigError, match="cv in .* must be a whole number >= 2"):
+            load_sweep(str(sweep), tmp_path)
+    sweep.write_text("recipe: demo\ngrid:\n  data.fold: [0, 1]\n")
+    with pytest.raises(ConfigError, match="set cross-validation with 'cv: K', not data.fold"):
+        load_sweep(str(sweep), tmp_path)
+
+
+def test_cv_settings_mean_std_spread_over_finished_folds(tmp_path):
+    from brainmri.sweep import cv_settings
+
+    records = []
+    for fold, best in enumerate([0.80, 0.90, None]):
+        out = tmp_path / f"t00-fold{fold}"
+        out.mkdir()
+        if best is not None:
+            (out / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val/acc": best - 0.1}) + "\n" + json.dumps({"epoch": 2, "val/acc": best}) + "\n")
+            (out / "results.json").write_text(json.dumps({"test/acc": 0.5}))
+        records.append(TrialRecord(fold, f"t00-fold{fold}", {"optim.lr": 0.1, "data.folds": 3, "data.fold": fold}, str(out),
+                                   base="t00", fold=fold))
+    (setting,) = cv_settings(records, "val/acc", 3)
+    assert setting.values == {0: 0.80, 1: 0.90} and setting.overrides == {"optim.lr": 0.1}
+    assert setting.mean == pytest.approx(0.85) and setting.std == pytest.approx(0.0707107, rel=1e-5) and setting.spread == pytest.approx(0.1)
