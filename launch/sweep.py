@@ -114,8 +114,8 @@ def run_sweep(settings: list[str], dry_run: bool, wait: bool) -> int:
     known = {t["name"]: TrialRecord(**t) for t in read_manifest(manifest_path).get("trials", [])}
     records = trial_records(trials, known, sweep_dir, slurm.cluster)
     todo = [(r, a, c) for r, (a, c) in zip(records, configs) if r.state not in ("completed", *ACTIVE)]
-    folds = f", each as {spec.cv} cross-validation folds" if spec.cv else ""
-    show_plan(f"sweep {spec.name}: {len(trials)} trial(s) of recipe {spec.recipe}{folds}", records, varying)
+    what = f"{len(trials) // spec.cv} setting(s) x {spec.cv} folds = {len(trials)} runs" if spec.cv else f"{len(trials)} trial(s)"
+    show_plan(f"sweep {spec.name}: {what} of recipe {spec.recipe}", records, varying)
     extra = {"recipe": spec.recipe, "metric": spec.metric, "varying": varying, "cli": common, "cv": spec.cv}
     if not todo:
         if known:
