@@ -60,17 +60,13 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, split: str = "v
 
 def calibrated_metrics(predictions: "Predictions", calibration: Calibration, split: str) -> dict[str, float]:
     """ECE and NLL of ``split`` after dividing by the temperature (accuracy is unchanged)."""
-    from torchmetrics.functional.classification import multiclass_calibration_error
-
-    from brainmri.metrics import ECE_BINS
+    from brainmri.metrics import expected_calibration_error
 
     logits = calibration.apply(predictions.logits.float().cpu())
     targets = predictions.targets.long().cpu()
-    probs = logits.softmax(dim=1)
-    ece = multiclass_calibration_error(probs, targets, num_classes=probs.shape[1], n_bins=ECE_BINS, norm="l1")
     return {
         "temperature": calibration.temperature,
-        f"{split}/ece_calibrated": float(ece),
+        f"{split}/ece_calibrated": expected_calibration_error(logits.softmax(dim=1), targets),
         f"{split}/loss_calibrated": float(F.cross_entropy(logits, targets)),
     }
 

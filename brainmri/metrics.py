@@ -46,6 +46,11 @@ def per_class_auroc(probs: torch.Tensor, targets: torch.Tensor, num_classes: int
     return out
 
 
+def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor) -> float:
+    """ECE over ``ECE_BINS`` equal-width confidence bins (the one definition every report uses)."""
+    return float(multiclass_calibration_error(probs, targets, num_classes=probs.shape[1], n_bins=ECE_BINS, norm="l1", validate_args=False))
+
+
 def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, class_names: Sequence[str], prefix: str) -> dict:
     """Every headline and per-class metric of one split.
 
@@ -74,7 +79,7 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, class_na
         f"{prefix}/macro_f1": float(multiclass_f1_score(preds, targets, average="macro", **kw)),
         f"{prefix}/weighted_f1": float((f1 * support).sum() / n),
         f"{prefix}/auroc_macro": _finite(sum(defined) / len(defined)) if defined else None,
-        f"{prefix}/ece": float(multiclass_calibration_error(probs, targets, n_bins=ECE_BINS, norm="l1", **kw)),
+        f"{prefix}/ece": expected_calibration_error(probs, targets),
         "per_class": {
             name: {
                 "precision": float(precision[i]),
