@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 from wandb.proto import wandb_internal_pb2
@@ -45,6 +46,23 @@ def read_records(path: Path) -> list:
         record.ParseFromString(payload)
         records.append(record)
     return records
+
+
+def wait_for_exit_record(path: Path, timeout: float = 30.0) -> None:
+    """Wait until W&B has written the run's ``exit`` record.
+
+    wandb-core writes the offline file from its own process: ``run.finish()`` can return
+    while the file still holds only its 7-byte header (seen about once in ten runs with
+    wandb 0.31), and the process's exit completes it.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        data = Path(path).read_bytes()
+        if len(data) > HEADER and any(r.WhichOneof("record_type") == "exit" for r in read_records(path)):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} has no exit record after {timeout:.0f} s ({len(data)} bytes)")
+        time.sleep(0.2)
 
 
 def summarize(path: Path) -> dict:

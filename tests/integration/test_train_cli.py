@@ -64,7 +64,7 @@ def test_demo_two_processes_ddp(tmp_path):
 
 def check_offline_wandb_run(out: Path, results: dict) -> None:
     """Exactly one W&B run, config logged once, metrics, media and summary all inside."""
-    from tests.wandb_records import summarize
+    from tests.wandb_records import summarize, wait_for_exit_record
 
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, runs
@@ -72,6 +72,7 @@ def check_offline_wandb_run(out: Path, results: dict) -> None:
     assert runs[0].name.endswith(run_id)
     files = list(runs[0].glob("run-*.wandb"))
     assert len(files) == 1
+    wait_for_exit_record(files[0])
     data = summarize(files[0])
     assert data["run_ids"] == {run_id}
     assert data["config"]["optim"]["lr"] == pytest.approx(2e-3) and data["config"]["recipe"] == "demo"

@@ -61,7 +61,7 @@ def test_disabled_tracker_does_nothing(tmp_path):
 def test_offline_tracker_writes_one_run_and_says_how_to_upload_it(tmp_path, monkeypatch):
     from accelerate import Accelerator
 
-    from tests.wandb_records import summarize
+    from tests.wandb_records import summarize, wait_for_exit_record
 
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = RunDir(tmp_path)
@@ -72,7 +72,9 @@ def test_offline_tracker_writes_one_run_and_says_how_to_upload_it(tmp_path, monk
     assert command == f"wandb sync {tmp_path / 'wandb'}/offline-run-*"
     (offline,) = (tmp_path / "wandb").glob("offline-run-*")
     run_id = (tmp_path / "wandb_id.txt").read_text().strip()
-    data = summarize(next(offline.glob("run-*.wandb")))
+    run_file = next(offline.glob("run-*.wandb"))
+    wait_for_exit_record(run_file)
+    data = summarize(run_file)
     assert data["run_ids"] == {run_id} and data["config"]["optim"]["lr"] == 0.5
     assert any(row.get("val/acc") == 0.75 for row in data["history"])
     assert tracker.finish() is None  # finishing twice is harmless
