@@ -51,7 +51,7 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, split: str = "v
         return loss
 
     optimizer.step(closure)
-    temperature = float(log_t.exp())
+    temperature = float(log_t.detach().exp())
     return Calibration(
         temperature=temperature, fitted_on=split, size=len(targets),
         nll_before=float(F.cross_entropy(logits, targets)), nll_after=float(F.cross_entropy(logits / temperature, targets)),

@@ -287,3 +287,53 @@ def label_issue_grid(images: Sequence[np.ndarray], captions: Sequence[str], titl
         fig.suptitle(title, fontweight="bold")
         fig.tight_layout()
     return fig
+
+
+def dropout_unit_outputs(ps: Sequence[float], features: int = 256, draws: int = 4000, seed: int = 0,
+                         ) -> tuple[float, list[np.ndarray]]:
+    """One fixed random linear unit on one fixed input: its output without dropout, and its
+    outputs over ``draws`` inverted-dropout masks (scale 1/(1-p)) for each p."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(features, generator=gen)
+    w = torch.randn(features, generator=gen) / features ** 0.5
+    outputs = []
+    for p in ps:
+        keep = (torch.rand(draws, features, generator=gen) >= p).float() / (1.0 - p) if p < 1 else torch.zeros(draws, features)
+        outputs.append(((keep * x) @ w).numpy())
+    return float(w @ x), outputs
+
+
+def dropout_linear_spread(ps: Sequence[float], features: int = 256, draws: int = 4000, seed: int = 0) -> Figure:
+    """What dropout does to a linear layer (:func:`dropout_unit_outputs`): inverted dropout
+    keeps the output's mean where it was, and its spread grows with p; that spread is the
+    noise the network learns to tolerate."""
+    clean, outputs = dropout_unit_outputs(ps, features, draws, seed)
+    labels = [f"p={p:g}\nstd {y.std():.3f}" for p, y in zip(ps, outputs)]
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(1.3 * len(ps) + 2.5, 3.8))
+        ax.violinplot(outputs, showmeans=True, showextrema=False)
+        ax.axhline(clean, color="#999999", lw=1, ls="--", label="no dropout")
+        ax.set_xticks(range(1, len(ps) + 1), labels)
+        ax.set_ylabel("output of one linear unit")
+        ax.set_title(f"A linear layer's output under dropout ({draws} masks, {features} inputs)")
+        ax.legend(loc="upper left", frameon=False)
+        fig.tight_layout()
+    return fig
+
+
+def dropout_images(image: np.ndarray, ps: Sequence[float], seed: int = 0) -> Figure:
+    """One MRI slice with each pixel dropped with probability p (and the rest scaled by
+    1/(1-p), as ``nn.Dropout`` does), for each swept p: how much of the picture survives."""
+    gen = torch.Generator().manual_seed(seed)
+    pixels = torch.as_tensor(image, dtype=torch.float32) / 255.0
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, len(ps), figsize=(2.4 * len(ps), 2.8), squeeze=False)
+        for ax, p in zip(axes[0], ps):
+            keep = (torch.rand(pixels.shape, generator=gen) >= p).float()
+            shown = (pixels * keep / (1.0 - p)).clamp(0, 1) if p < 1 else torch.zeros_like(pixels)
+            _bare(ax)
+            ax.imshow(shown.numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_title(f"p = {p:g}", fontweight="normal")
+        fig.suptitle("An image under dropout", fontweight="bold")
+        fig.tight_layout()
+    return fig

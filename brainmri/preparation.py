@@ -126,7 +126,8 @@ def prepare_run(cfg: Config, accelerator: Accelerator) -> PreparedRun:
             return json.loads(run.dataset.read_text())
         exclude = Path(cfg.data.exclude).expanduser() if cfg.data.exclude else None
         splits = scan_dataset(root, split_rule(cfg.data, cfg.seed), cfg.data.on_bad_image, workers=auto_workers(1),
-                              dedup=cfg.data.dedup, exclude=exclude)
+                              dedup=cfg.data.dedup, exclude=exclude,
+                              cache_dir=Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else None)
         info = measure_dataset(cfg, splits)
         if mode == "overwrite":
             clear_run(run.path)

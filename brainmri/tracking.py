@@ -213,3 +213,45 @@ class Tracker:
 def _short(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+def log_sweep_summary(cfg: TrackingConfig, mode: str, sweep_dir: Path, images: Mapping[str, Path],
+                      columns: Sequence[str], rows: Sequence[Sequence], summary: Mapping[str, float]) -> Optional[str]:
+    """One W&B run for a finished cross-validated sweep, in the trials' group (job type
+    ``cv-summary``): its figures, the per-setting table and the best setting's numbers.
+
+    The run id lives in ``sweep_dir/wandb_id.txt``, so asking again updates the same run.
+    Never fatal, like the training runs' tracking. Returns the upload command for an offline run.
+    """
+    if mode == "auto":
+        raise ValueError("resolve tracking.wandb=auto with resolve_mode() first")
+    if mode == "disabled":
+        return None
+    import wandb
+
+    id_file = sweep_dir / "wandb_id.txt"
+    if not id_file.exists():
+        atomic_write_text(id_file, "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8)) + "\n")
+    init = {"project": cfg.project, "entity": cfg.entity, "group": cfg.group or sweep_dir.name, "job_type": "cv-summary",
+            "name": f"{cfg.group or sweep_dir.name}-cv", "id": id_file.read_text().strip(), "resume": "allow",
+            "dir": str(sweep_dir), "tags": list(cfg.tags) or None,
+            "settings": wandb.Settings(init_timeout=cfg.init_timeout, console="off", silent=True)}
+    run = None
+    for attempt in ([mode, "offline"] if mode == "online" else [mode]):
+        try:
+            run = wandb.init(**init, mode=attempt)
+            mode = attempt
+            break
+        except Exception as e:
+            log.warning("W&B could not start %s for the sweep summary (%s)", attempt, _short(e))
+    if run is None:
+        return None
+    try:
+        run.log({**{key: wandb.Image(str(path)) for key, path in images.items()},
+                 "cv/settings": wandb.Table(columns=list(columns), data=[list(r) for r in rows])})
+        run.summary.update(dict(summary))
+    except Exception as e:
+        log.warning("W&B did not take the sweep summary (%s)", _short(e))
+    finally:
+        run.finish()
+    return f"wandb sync {sweep_dir / 'wandb'}/offline-run-*" if mode == "offline" else None

@@ -12,8 +12,7 @@ failed (with --wait), 2 bad input.
 
 from __future__ import annotations
 
-import json
-import statistics
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -21,11 +20,13 @@ from typing import Optional
 from rich.table import Table
 
 import cli
-from brainmri.config import SlurmConfig, load_config, parse_overrides
+from brainmri import cv_report
+from brainmri.config import SlurmConfig, config_from_yaml, load_config, parse_overrides
 from brainmri.console import console
 from brainmri.errors import BrainMRIError, ConfigError
 from brainmri.records import lower_is_better
 from brainmri.rundir import default_sweep_dir
+from brainmri.tracking import log_sweep_summary, resolve_mode
 from brainmri.sweep import TrialRecord, check_cv, cv_settings, expand_trials, load_sweep, read_manifest, trial_result, write_manifest
 from cluster import TrainJob, job_name, make_executor, quiet_submitit, sbatch_preview, submit_jobs, train_args
 from partition import check_partition
@@ -214,41 +215,31 @@ def show_status(sweep_dir: Path) -> int:
 
 
 def show_cv(sweep_dir: Path, manifest: dict, records: list[TrialRecord]) -> None:
-    """Each setting's mean ± std over its folds, the spread and every fold's number; and the
-    metric against each swept parameter with error bars (cv_<metric>.png)."""
+    """Each setting's mean ± std over its folds, the spread and every fold's number; the
+    figures (cv_<metric>.png, and the dropout illustrations for a dropout sweep); and, once
+    every fold is done, one W&B summary run in the trials' group."""
     metric, varying, folds = manifest.get("metric", "val/macro_f1"), manifest.get("varying", []), int(manifest["cv"])
     settings = cv_settings(records, metric, folds)
     lower = lower_is_better(metric)
     settings.sort(key=lambda c: (c.mean is None, (c.mean if lower else -c.mean) if c.mean is not None else 0.0))
     table = Table(title=f"{folds}-fold cross-validation: best {metric} per fold, sorted by the mean")
-    for column in ("setting", "overrides", "folds done", "mean ± std", "spread", "per fold", "test acc (mean)"):
+    for column in cv_report.COLUMNS:
         table.add_column(column, overflow="fold", justify="left" if column in ("setting", "overrides", "per fold") else "right")
-    for c in settings:
-        table.add_row(
-            c.base, " ".join(f"{k.rsplit('.', 1)[-1]}={c.overrides.get(k)}" for k in varying), f"{len(c.values)}/{folds}",
-            f"{c.mean:.4f} ± {c.std:.4f}" if c.mean is not None else "-", f"{c.spread:.4f}" if c.spread is not None else "-",
-            " ".join(f"{c.values[f]:.3f}" if f in c.values else "-" for f in range(folds)),
-            f"{sum(c.test_acc.values()) / len(c.test_acc):.4f}" if c.test_acc else "-",
-        )
+    rows = cv_report.table_rows(settings, varying, folds)
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
-    done = [c for c in settings if c.mean is not None]
-    if varying and done:
-        from brainmri import figures
-
-        axes = {}
-        for key in varying:
-            by_value: dict[str, list[float]] = {}
-            for c in done:
-                by_value.setdefault(json.dumps(c.overrides.get(key)), []).extend(c.values.values())
-            axes[key] = [(json.loads(v), statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0, len(xs))
-                         for v, xs in sorted(by_value.items(), key=lambda kv: sort_key(json.loads(kv[0])))]
-        png = sweep_dir / f"cv_{metric.replace('/', '_')}.png"
-        figures.save_figure(figures.cv_errorbars(axes, metric, f"sweep {manifest['sweep']}: {folds}-fold CV"), png)
+    first = next((Path(r.output_dir) for r in records if (Path(r.output_dir) / "config.yaml").is_file()), None)
+    cfg = config_from_yaml(first / "config.yaml") if first else None
+    example = cv_report.example_image(cfg.data.root, first / "split.csv") if cfg and cfg.data.root else None
+    images = cv_report.write_figures(sweep_dir, manifest["sweep"], metric, folds, settings, varying, example)
+    for png in images.values():
         console.print(f"wrote {png}")
-
-
-def sort_key(value) -> tuple:
-    return (0, float(value), "") if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0.0, str(value))
+    if cfg is not None and cv_report.complete(settings, folds):
+        upload = log_sweep_summary(cfg.tracking, resolve_mode(cfg.tracking.wandb, os.environ), sweep_dir, images,
+                                   cv_report.COLUMNS, rows, cv_report.summary(settings, metric))
+        if upload:
+            console.print(f"W&B summary run (offline); upload with: {upload}")
 
 
 def command(args: cli.Args) -> int:

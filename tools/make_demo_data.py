@@ -1,30 +1,58 @@
-"""Cut the bundled demo set from the Sartaj dataset (run by hand, not at install time).
+"""Cut the bundled demo set from the CNN study's dataset (run by hand, not at install time).
 
-    python tools/make_demo_data.py ../shared/datasets/sartaj brainmri/data/demo
+    python tools/make_demo_data.py ../shared/datasets/masoud brainmri/data/demo
 
-Takes the first N files of each class in SHA-256 order, skipping any file whose bytes occur
-twice anywhere in the dataset (so no demo Testing image leaks from Training), and stores
-them resized to 256x256 grayscale-as-RGB JPEG (quality 90) under their original names.
+Groups the whole dataset by equal pixels and perceptual-hash distance <= 4 (the grouped
+split's rule), then takes the first N files of each class in SHA-256 order such that no
+two chosen files share a group and no chosen file's group reaches into the other split: no
+demo image has a twin in the demo, and no demo test image has one anywhere in Training.
+Files are copied byte for byte under their original names and class folders.
 """
 
 import hashlib
+import shutil
 import sys
-from collections import Counter
 from pathlib import Path
 
 from PIL import Image
 
+from brainmri.data.groups import components, near_edges, perceptual_hash
+
 PER_SPLIT = {"Training": 40, "Testing": 10}
+NEAR = 4
 
 src, dst = Path(sys.argv[1]), Path(sys.argv[2])
-digests = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in src.rglob("*.jpg")}
-seen = Counter(digests.values())
+paths = sorted(p for p in src.rglob("*.jpg") if not any(part.startswith(".") for part in p.relative_to(src).parts))
+digests = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+pixels, hashes = [], []
+for p in paths:
+    with Image.open(p) as im:
+        gray = im.convert("L")
+        pixels.append(hashlib.sha256(gray.tobytes() + repr(gray.size).encode()).hexdigest())
+        hashes.append(perceptual_hash(gray))
+edges = near_edges(hashes, NEAR)
+first_pixel: dict[str, int] = {}
+for i, key in enumerate(pixels):
+    if key in first_pixel:
+        edges.append((first_pixel[key], i))
+    first_pixel.setdefault(key, i)
+group = components(len(paths), edges)
+digest = dict(zip(paths, digests))
+group_of = dict(zip(paths, group))
+splits_of: dict[int, set[str]] = {}
+for p, g in zip(paths, group):
+    splits_of.setdefault(g, set()).add(p.relative_to(src).parts[0])
+used: set[int] = set()
 for split, n in PER_SPLIT.items():
-    for class_dir in sorted((src / split).iterdir()):
-        files = sorted((p for p in class_dir.iterdir() if seen[digests[p]] == 1), key=lambda p: digests[p])[:n]
+    for class_dir in sorted(d for d in (src / split).iterdir() if d.is_dir() and not d.name.startswith(".")):
+        files = []
+        for p in sorted((p for p in class_dir.iterdir() if p in group_of), key=digest.get):
+            g = group_of[p]
+            if g not in used and splits_of[g] == {split} and len(files) < n:
+                files.append(p)
+                used.add(g)
         out = dst / split / class_dir.name
         out.mkdir(parents=True, exist_ok=True)
         for p in files:
-            with Image.open(p) as im:
-                im.convert("RGB").resize((256, 256), Image.Resampling.BICUBIC).save(out / p.name, quality=90)
+            shutil.copyfile(p, out / p.name)
         print(split, class_dir.name, len(files))

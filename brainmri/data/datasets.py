@@ -25,6 +25,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from brainmri.data.groups import duplicate_groups, fold_split, group_split, perceptual_hash
+from brainmri.data.scan_memo import ScanMemo, Verdict, file_key, memo_path
 from brainmri.errors import DatasetError
 from brainmri.rundir import atomic_write_text
 
@@ -212,15 +213,27 @@ def verify_image(path: Path, perceptual: bool = False) -> tuple[Optional[str], O
         return f"unsupported image mode {image.mode}: {e}", None, None
 
 
-def verify_images(root: Path, samples: Sequence[Sample], workers: int,
-                  perceptual: bool = False) -> tuple[dict[str, str], dict[str, str], dict[str, int]]:
-    """Decode every image once (threads: PIL releases the GIL).
+def verify_images(root: Path, samples: Sequence[Sample], workers: int, perceptual: bool = False,
+                  memo: Optional[ScanMemo] = None) -> tuple[dict[str, str], dict[str, str], dict[str, int]]:
+    """Decode every image once (threads: PIL releases the GIL), except those whose verdict
+    ``memo`` still holds (same size and mtime).
 
     Returns all failures (path -> reason), the pixel hash of every readable image and, with
     ``perceptual``, its perceptual hash (for near-duplicate groups).
     """
+    memo = memo or ScanMemo(None)
+    keys = [file_key(root / s.path) for s in samples]
+    known = [memo.get(s.path, k, perceptual) for s, k in zip(samples, keys)]
+    todo = [i for i, v in enumerate(known) if v is None]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = list(pool.map(lambda s: verify_image(root / s.path, perceptual), samples, chunksize=16))
+        fresh = list(pool.map(lambda i: verify_image(root / samples[i].path, perceptual), todo, chunksize=16))
+    for i, verdict in zip(todo, fresh):
+        known[i] = verdict
+        memo.put(samples[i].path, keys[i], verdict)
+    if len(todo) < len(samples):
+        log.info("%d of %d image verdicts from the scan memo %s", len(samples) - len(todo), len(samples), memo.path)
+    memo.save()
+    results: list[Verdict] = known  # type: ignore[assignment]
     bad = {s.path: r for s, (r, _, _) in zip(samples, results) if r is not None}
     hashes = {s.path: h for s, (_, h, _) in zip(samples, results) if h is not None}
     phashes = {s.path: p for s, (_, _, p) in zip(samples, results) if p is not None}
@@ -317,14 +330,16 @@ def drop_excluded(train_all: list[Sample], excluded: Sequence[str], source: str)
 
 
 def scan_dataset(
-    root: Path, split: SplitRule, on_bad_image: str, workers: int, dedup: str = "none", exclude: Optional[Path] = None
+    root: Path, split: SplitRule, on_bad_image: str, workers: int, dedup: str = "none", exclude: Optional[Path] = None,
+    cache_dir: Optional[Path] = None,
 ) -> DatasetSplits:
     """Find the splits, check every image and split Training into train and validation.
 
     All unreadable images are reported together so a user fixes them in one go.
     ``dedup="train_test"`` drops the test images whose pixels equal a Training image's, so
     the test score measures generalisation rather than memory. Validation (or a k-fold
-    fold) keeps duplicate groups whole (:mod:`brainmri.data.groups`).
+    fold) keeps duplicate groups whole (:mod:`brainmri.data.groups`). With ``cache_dir``, each
+    file's verdict and hashes are memoized there (:mod:`brainmri.data.scan_memo`).
     """
     train_dir = find_split_dir(root, "train")
     if train_dir is None:
@@ -338,7 +353,8 @@ def scan_dataset(
     test = list_images(test_dir, root) if test_dir is not None else None
     everything = train_all + (test or [])
     log.info("checking %d images in %s", len(everything), root)
-    bad, hashes, phashes = verify_images(root, everything, workers, perceptual=split.groups == "near")
+    memo = ScanMemo(memo_path(cache_dir, root) if cache_dir is not None else None)
+    bad, hashes, phashes = verify_images(root, everything, workers, perceptual=split.groups == "near", memo=memo)
     if bad and on_bad_image == "error":
         listing = "; ".join(f"{p}: {r}" for p, r in sorted(bad.items()))
         raise DatasetError(

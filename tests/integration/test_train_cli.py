@@ -337,7 +337,7 @@ def test_resumes_a_run_written_before_the_engine_was_split(tmp_path):
     Trainer continues it: the old history stays exactly, the schedule goes on from step 8."""
     out = tmp_path / "run"
     shutil.copytree(FIXTURE, out)
-    proc = run_script(python(TRAIN, "recipe=demo", "model.name=cnn0", "data.image_size=64", "train.epochs=2",
+    proc = run_script(python(TRAIN, "recipe=demo", "model.name=cnn0", "data.image_size=64", "data.channels=3", "train.epochs=2",
                              "train.batch_size=16", "augment.preset=none", "tracking.wandb=disabled", f"output_dir={out}",
                              f"data.cache_dir={tmp_path / 'cache'}", "resume=auto"))
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -16,6 +16,7 @@ import pytest
 
 from brainmri.rundir import read_jsonl
 from tests.conftest import REPO, python, run_script
+from tests.wandb_records import read_records, summarize, wait_for_exit_record
 
 SUBMIT = str(REPO / "launch" / "submit.py")
 SWEEP = str(REPO / "launch" / "sweep.py")
@@ -205,9 +206,10 @@ def test_sweep_of_two_node_trials_one_array_then_nothing_then_status_then_only_t
 def test_cv_sweep_runs_every_fold_as_one_array_and_reports_mean_and_std(tmp_path):
     """sweep.py cv=2: both settings x 2 folds in one job array (1 node each, 2 at a time);
     the folds of a setting partition Training, groups never straddle, each fold writes its
-    out-of-fold probabilities; status shows mean ± std and writes the error-bar figure."""
+    out-of-fold probabilities; status shows mean ± std, writes the error-bar figure and logs
+    it to one W&B summary run (offline) in the sweep's group."""
     sweep_dir = tmp_path / "cv"
-    proc = run_script(python(SWEEP, "sweep=demo", "cv=2", "slurm.nodes=1", f"output_dir={sweep_dir}", "tracking.wandb=disabled",
+    proc = run_script(python(SWEEP, "sweep=demo", "cv=2", "slurm.nodes=1", f"output_dir={sweep_dir}", "tracking.wandb=offline",
                              "--wait"), timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     manifest = json.loads((sweep_dir / "manifest.json").read_text())
@@ -225,6 +227,12 @@ def test_cv_sweep_runs_every_fold_as_one_array_and_reports_mean_and_std(tmp_path
     assert status.returncode == 0, status.stderr
     assert "2-fold cross-validation" in status.stdout and " ± " in status.stdout and "2/2" in status.stdout
     assert (sweep_dir / "cv_val_acc.png").read_bytes()[:4] == b"\x89PNG"
+    assert "W&B summary run (offline); upload with: wandb sync" in " ".join(status.stdout.split())
+    (summary_file,) = (sweep_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    wait_for_exit_record(summary_file)
+    (run,) = [r.run for r in read_records(summary_file) if r.WhichOneof("record_type") == "run"]
+    assert run.run_group == "demo" and run.job_type == "cv-summary"
+    assert summarize(summary_file)["summary"]["cv/val/acc/_type"] == "image-file"
     # The label audit reads the best setting's out-of-fold predictions; the ensemble scores the test split.
     audit = run_script(python(str(REPO / "launch" / "audit.py"), "labels", str(sweep_dir), f"--out={tmp_path / 'labels'}"))
     assert audit.returncode == 0, audit.stderr

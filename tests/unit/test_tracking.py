@@ -78,3 +78,28 @@ def test_offline_tracker_writes_one_run_and_says_how_to_upload_it(tmp_path, monk
     assert data["run_ids"] == {run_id} and data["config"]["optim"]["lr"] == 0.5
     assert any(row.get("val/acc") == 0.75 for row in data["history"])
     assert tracker.finish() is None  # finishing twice is harmless
+
+
+def test_sweep_summary_is_one_offline_run_with_its_figures_table_and_numbers(tmp_path, monkeypatch):
+    from brainmri.tracking import log_sweep_summary
+    from tests.wandb_records import read_records, summarize, wait_for_exit_record
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    png = tmp_path / "cv.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(png)
+    cfg = TrackingConfig(group="cnn_lr")
+    command = log_sweep_summary(cfg, "offline", tmp_path, {"cv/val/acc": png}, ["setting", "mean"], [["t00", "0.9"]],
+                                {"cv/val/acc/mean": 0.9})
+    assert command == f"wandb sync {tmp_path / 'wandb'}/offline-run-*"
+    (offline,) = (tmp_path / "wandb").glob("offline-run-*")
+    run_file = next(offline.glob("run-*.wandb"))
+    wait_for_exit_record(run_file)
+    data = summarize(run_file)
+    assert data["run_ids"] == {(tmp_path / "wandb_id.txt").read_text().strip()}
+    assert data["summary"]["cv/val/acc/_type"] == "image-file" and data["summary"]["cv/settings/_type"] == "table-file"
+    assert data["summary"]["cv/val/acc/mean"] == 0.9
+    (run,) = [r.run for r in read_records(run_file) if r.WhichOneof("record_type") == "run"]
+    assert run.run_group == "cnn_lr" and run.job_type == "cv-summary"
+    assert log_sweep_summary(cfg, "disabled", tmp_path / "x", {}, [], [], {}) is None and not (tmp_path / "x").exists()
