@@ -10,6 +10,8 @@ goes on: ``metrics.jsonl`` stays the record of truth.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import netrc
 import secrets
@@ -220,13 +222,28 @@ def log_sweep_summary(cfg: TrackingConfig, mode: str, sweep_dir: Path, images: M
     """One W&B run for a finished cross-validated sweep, in the trials' group (job type
     ``cv-summary``): its figures, the per-setting table and the best setting's numbers.
 
-    The run id lives in ``sweep_dir/wandb_id.txt``, so asking again updates the same run.
-    Never fatal, like the training runs' tracking. Returns the upload command for an offline run.
+    The run id lives in ``sweep_dir/wandb_id.txt``, and what was logged is fingerprinted in
+    ``sweep_dir/wandb_summary.json``: asking again with the same numbers and figures logs
+    nothing (an offline resume would start a second run folder), asking with new ones updates
+    the same run. Never fatal, like the training runs' tracking. Returns the upload command
+    for an offline run.
     """
     if mode == "auto":
         raise ValueError("resolve tracking.wandb=auto with resolve_mode() first")
     if mode == "disabled":
         return None
+    digest = hashlib.sha256(json.dumps([list(columns), [list(map(str, r)) for r in rows], dict(summary),
+                                        {k: hashlib.sha256(Path(p).read_bytes()).hexdigest() for k, p in images.items()}],
+                                       sort_keys=True, default=str).encode()).hexdigest()
+    marker = sweep_dir / "wandb_summary.json"
+    sync = f"wandb sync {sweep_dir / 'wandb'}/offline-run-*"
+    try:
+        logged = json.loads(marker.read_text()) if marker.is_file() else {}
+    except (OSError, ValueError):
+        logged = {}
+    if logged.get("digest") == digest:
+        log.info("the sweep summary is already in W&B (%s)", logged.get("mode"))
+        return sync if logged.get("mode") == "offline" else None
     import wandb
 
     id_file = sweep_dir / "wandb_id.txt"
@@ -250,8 +267,9 @@ def log_sweep_summary(cfg: TrackingConfig, mode: str, sweep_dir: Path, images: M
         run.log({**{key: wandb.Image(str(path)) for key, path in images.items()},
                  "cv/settings": wandb.Table(columns=list(columns), data=[list(r) for r in rows])})
         run.summary.update(dict(summary))
+        atomic_write_text(marker, json.dumps({"digest": digest, "mode": mode}) + "\n")
     except Exception as e:
         log.warning("W&B did not take the sweep summary (%s)", _short(e))
     finally:
         run.finish()
-    return f"wandb sync {sweep_dir / 'wandb'}/offline-run-*" if mode == "offline" else None
+    return sync if mode == "offline" else None

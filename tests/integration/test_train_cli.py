@@ -75,7 +75,7 @@ def check_offline_wandb_run(out: Path, results: dict) -> None:
     wait_for_exit_record(files[0])
     data = summarize(files[0])
     assert data["run_ids"] == {run_id}
-    assert data["config"]["optim"]["lr"] == pytest.approx(2e-3) and data["config"]["recipe"] == "demo"
+    assert data["config"]["optim"]["lr"] == pytest.approx(1e-3) and data["config"]["recipe"] == "demo"
     keys = set().union(*data["history"])
     assert {"train/loss", "val/acc", "val/macro_f1", "lr", "throughput", "epoch", "step/train_loss", "step/lr"} <= keys
     for media in ("data/augmentations", "data/class_distribution", "results/curves", "results/confusion_matrix_png", "results/gradcam"):
@@ -337,7 +337,7 @@ def test_resumes_a_run_written_before_the_engine_was_split(tmp_path):
     Trainer continues it: the old history stays exactly, the schedule goes on from step 8."""
     out = tmp_path / "run"
     shutil.copytree(FIXTURE, out)
-    proc = run_script(python(TRAIN, "recipe=demo", "model.name=cnn0", "data.image_size=64", "data.channels=3", "train.epochs=2",
+    proc = run_script(python(TRAIN, "recipe=demo", "model.name=cnn0", "data.image_size=64", "data.channels=3", "optim.lr=2e-3", "train.epochs=2",
                              "train.batch_size=16", "augment.preset=none", "tracking.wandb=disabled", f"output_dir={out}",
                              f"data.cache_dir={tmp_path / 'cache'}", "resume=auto"))
     assert proc.returncode == 0, proc.stderr[-3000:]

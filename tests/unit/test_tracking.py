@@ -102,4 +102,8 @@ def test_sweep_summary_is_one_offline_run_with_its_figures_table_and_numbers(tmp
     assert data["summary"]["cv/val/acc/mean"] == 0.9
     (run,) = [r.run for r in read_records(run_file) if r.WhichOneof("record_type") == "run"]
     assert run.run_group == "cnn_lr" and run.job_type == "cv-summary"
+    # Asked again with the same numbers: nothing new is logged (an offline resume would open a second run folder).
+    again = log_sweep_summary(cfg, "offline", tmp_path, {"cv/val/acc": png}, ["setting", "mean"], [["t00", "0.9"]],
+                              {"cv/val/acc/mean": 0.9})
+    assert again == command and len(list((tmp_path / "wandb").glob("offline-run-*"))) == 1
     assert log_sweep_summary(cfg, "disabled", tmp_path / "x", {}, [], [], {}) is None and not (tmp_path / "x").exists()
