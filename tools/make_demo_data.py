@@ -14,9 +14,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from PIL import Image
-
-from brainmri.data.groups import components, near_edges, perceptual_hash
+from brainmri.data.datasets import verify_image
+from brainmri.data.groups import duplicate_groups
 
 PER_SPLIT = {"Training": 40, "Testing": 10}
 NEAR = 4
@@ -24,19 +23,11 @@ NEAR = 4
 src, dst = Path(sys.argv[1]), Path(sys.argv[2])
 paths = sorted(p for p in src.rglob("*.jpg") if not any(part.startswith(".") for part in p.relative_to(src).parts))
 digests = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
-pixels, hashes = [], []
-for p in paths:
-    with Image.open(p) as im:
-        gray = im.convert("L")
-        pixels.append(hashlib.sha256(gray.tobytes() + repr(gray.size).encode()).hexdigest())
-        hashes.append(perceptual_hash(gray))
-edges = near_edges(hashes, NEAR)
-first_pixel: dict[str, int] = {}
-for i, key in enumerate(pixels):
-    if key in first_pixel:
-        edges.append((first_pixel[key], i))
-    first_pixel.setdefault(key, i)
-group = components(len(paths), edges)
+verdicts = {p: verify_image(p, perceptual=True) for p in paths}  # the scan's own pixel and perceptual hashes
+names = [str(p) for p in paths]
+groups = duplicate_groups(names, {str(p): v[1] for p, v in verdicts.items() if v[1]},
+                          {str(p): v[2] for p, v in verdicts.items() if v[2] is not None}, NEAR)
+group = [groups[n] for n in names]
 digest = dict(zip(paths, digests))
 group_of = dict(zip(paths, group))
 splits_of: dict[int, set[str]] = {}
