@@ -45,6 +45,17 @@ def resolve_mode(requested: str, environ: Mapping[str, str], home: Optional[Path
     return "online" if wandb_credentials_present(environ, home) else "offline"
 
 
+def stored_run_id(id_file: Path) -> str:
+    """The W&B run id kept in ``id_file``, made (in W&B's own format) and kept on first use,
+    so a resumed or requeued run, or a re-logged summary, continues the same W&B run."""
+    if id_file.exists():
+        return id_file.read_text().strip()
+    alphabet = string.ascii_lowercase + string.digits
+    run_id = "".join(secrets.choice(alphabet) for _ in range(8))
+    atomic_write_text(id_file, run_id + "\n")
+    return run_id
+
+
 class Tracker:
     """What a run reports to W&B. All methods are no-ops off the main process or when disabled."""
 
@@ -67,12 +78,7 @@ class Tracker:
             return
         import wandb
 
-        if self.id_file.exists():
-            run_id = self.id_file.read_text().strip()
-        else:
-            alphabet = string.ascii_lowercase + string.digits  # W&B's own id format
-            run_id = "".join(secrets.choice(alphabet) for _ in range(8))
-            atomic_write_text(self.id_file, run_id + "\n")
+        run_id = stored_run_id(self.id_file)
         init = {
             "id": run_id,
             "resume": "allow",
@@ -246,11 +252,8 @@ def log_sweep_summary(cfg: TrackingConfig, mode: str, sweep_dir: Path, images: M
         return sync if logged.get("mode") == "offline" else None
     import wandb
 
-    id_file = sweep_dir / "wandb_id.txt"
-    if not id_file.exists():
-        atomic_write_text(id_file, "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8)) + "\n")
     init = {"project": cfg.project, "entity": cfg.entity, "group": cfg.group or sweep_dir.name, "job_type": "cv-summary",
-            "name": f"{cfg.group or sweep_dir.name}-cv", "id": id_file.read_text().strip(), "resume": "allow",
+            "name": f"{cfg.group or sweep_dir.name}-cv", "id": stored_run_id(sweep_dir / "wandb_id.txt"), "resume": "allow",
             "dir": str(sweep_dir), "tags": list(cfg.tags) or None,
             "settings": wandb.Settings(init_timeout=cfg.init_timeout, console="off", silent=True)}
     run = None
