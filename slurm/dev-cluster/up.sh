@@ -5,6 +5,7 @@
 #
 #   bash slurm/dev-cluster/up.sh              # 2 nodes: node1, node2
 #   bash slurm/dev-cluster/up.sh --nodes 1    # the single-node cluster
+#   bash slurm/dev-cluster/up.sh --clean      # and start with an empty queue (CI)
 #   bash slurm/dev-cluster/down.sh
 #
 # How: the Slurm FAQ's "multiple slurmd" setup. Every NodeName shares this host
@@ -24,12 +25,14 @@ log() { echo "[dev-cluster] $*"; }
 die() { echo "[dev-cluster] error: $*" >&2; exit 2; }
 
 NODES=2
+CLEAN=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --nodes) NODES=${2:-}; shift 2 || die "--nodes needs a number" ;;
     --nodes=*) NODES=${1#--nodes=}; shift ;;
-    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
-    *) die "unknown argument '$1' (expected --nodes N)" ;;
+    --clean) CLEAN=1; shift ;;
+    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+    *) die "unknown argument '$1' (expected --nodes N or --clean)" ;;
   esac
 done
 [[ "$NODES" =~ ^[1-9][0-9]*$ ]] || die "--nodes must be a whole number >= 1, got '$NODES'"
@@ -140,8 +143,15 @@ if [ "$CHANGED" = 1 ] && pgrep -x slurmd >/dev/null; then
   for _ in $(seq 50); do pgrep -x 'slurmd|slurmctld' >/dev/null || break; sleep 0.2; done
 fi
 if ! pgrep -x slurmctld >/dev/null; then
-  log "starting slurmctld"
-  slurmctld
+  if [ "$CLEAN" = 1 ]; then
+    # -c: forget the jobs saved in StateSaveLocation. A machine image taken while jobs ran
+    # would otherwise bring them back as RUNNING on nodes that never ran them.
+    log "starting slurmctld (clean state)"
+    slurmctld -c
+  else
+    log "starting slurmctld"
+    slurmctld
+  fi
 fi
 for name in $NAMES; do
   mkdir -p "/var/spool/slurmd/$name"
@@ -161,6 +171,12 @@ for _ in $(seq 120); do
     esac
   done <<<"$states"
   if [ "$ready" -ge "$NODES" ]; then
+    if [ "$CLEAN" = 1 ] && [ -n "$(squeue -h -o %i 2>/dev/null)" ]; then
+      log "--clean: cancelling every job in the queue"
+      squeue -h -o %i | xargs -r scancel >/dev/null 2>&1 || true
+      for _ in $(seq 120); do [ -z "$(squeue -h -o %i 2>/dev/null)" ] && break; sleep 0.5; done
+      [ -z "$(squeue -h -o %i 2>/dev/null)" ] || die "--clean: jobs still in the queue after 60 s: $(squeue -h -o '%i %T' | paste -sd,)"
+    fi
     log "$NODES node(s) ready: $NAMES (${NODE_CPUS} CPU(s), ${NODE_MEM} MB each)"
     sinfo -N -o '%N %t %c %m'
     exit 0
