@@ -36,7 +36,7 @@ class DataConfig:
     root: Optional[str] = None  # folder with Training/ and Testing/; "builtin:demo" is the bundled set
     image_size: int = 224
     channels: int = 3
-    val_fraction: float = 0.1
+    val_fraction: float = 0.1  # 0: no validation share, train on all of Training (the refit after CV chose the recipe)
     on_bad_image: str = "error"  # error: stop with the list; skip: train without them
     num_workers: int = -1  # -1: from the CPUs this process may use
     pipeline: str = "cached"  # cached: decode once, augment batches on the device; pil: decode + transform every image every epoch
@@ -54,7 +54,7 @@ class DataConfig:
         _choice("data.cache_location", self.cache_location, ("auto", "device", "host"))
         _check(self.image_size >= 16, "data.image_size", "an integer >= 16", self.image_size)
         _choice("data.channels", self.channels, (1, 3))
-        _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "a fraction in (0, 1)", self.val_fraction)
+        _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "a fraction in [0, 1) (0: no validation)", self.val_fraction)
         _choice("data.on_bad_image", self.on_bad_image, ("error", "skip"))
         _choice("data.dedup", self.dedup, ("none", "train_test"))
         _choice("data.split_groups", self.split_groups, ("near", "exact", "none"))
@@ -136,7 +136,8 @@ class TrainConfig:
     grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
     label_smoothing: float = 0.0
     class_weights: bool = False  # weight the loss by inverse class frequency of the train split
-    select_metric: str = "val/macro_f1"  # val/macro_f1 | val/acc | val/loss
+    select_metric: str = "val/macro_f1"  # val/macro_f1 | val/acc | val/loss | last (the final epoch: no validation needed)
+    tta: str = "none"  # test-time augmentation of the end-of-run validation and test scores: none | hflip
     keep_checkpoints: int = 2  # newest complete checkpoints kept (the best one is always kept)
     channels_last: bool = True  # NHWC memory format: faster convolutions on CPUs and tensor cores
     compile: bool = False  # torch.compile the model (first steps are slow while it compiles)
@@ -150,7 +151,8 @@ class TrainConfig:
         _check(self.grad_accum >= 1, "train.grad_accum", "an integer >= 1", self.grad_accum)
         _check(self.grad_clip >= 0, "train.grad_clip", "a norm >= 0 (0 disables)", self.grad_clip)
         _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", "a value in [0, 1)", self.label_smoothing)
-        _choice("train.select_metric", self.select_metric, ("val/macro_f1", "val/acc", "val/loss"))
+        _choice("train.select_metric", self.select_metric, ("val/macro_f1", "val/acc", "val/loss", "last"))
+        _choice("train.tta", self.tta, ("none", "hflip"))
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "an integer >= 1", self.keep_checkpoints)
 
 
@@ -277,6 +279,16 @@ class Config:
                 f"model.in_chans={self.model.in_chans} disagrees with data.channels={self.data.channels}: "
                 "set only data.channels"
             )
+        if not self.has_validation and self.train.select_metric != "last":
+            raise ConfigError(
+                f"data.val_fraction=0 leaves no validation to choose epochs by train.select_metric={self.train.select_metric}: "
+                "set train.select_metric=last"
+            )
+
+    @property
+    def has_validation(self) -> bool:
+        """False for a refit on all of Training (data.val_fraction=0, no folds)."""
+        return self.data.folds > 1 or self.data.val_fraction > 0
 
     @property
     def in_chans(self) -> int:
@@ -305,13 +317,13 @@ class EvalConfig:
     run: Optional[str] = None  # a run directory
     checkpoint: Optional[str] = None  # a weights file or checkpoint folder (default: the run's best.safetensors)
     split: str = "test"  # test | val (the run's own split.csv)
-    tta: str = "none"  # none | hflip (average the image and its mirror)
+    tta: str = "auto"  # auto: the run's own train.tta | none | hflip (average the logits of the image and its mirror)
     batch_size: int = 64
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
 
     def __post_init__(self) -> None:
         _choice("split", self.split, ("test", "val"))
-        _choice("tta", self.tta, ("none", "hflip"))
+        _choice("tta", self.tta, ("auto", "none", "hflip"))
         _check(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
         _check(self.run is not None or self.checkpoint is not None, "run", "run=RUN_DIR or checkpoint=FILE", self.run)
 

@@ -125,14 +125,18 @@ class Trainer:
         return self.score(self.predict(loader), split)
 
     @torch.no_grad()  # also keeps DDP from expecting a backward that only rank 0's Grad-CAM would run
-    def predict(self, loader: DataLoader) -> Predictions:
-        """The model's logits for a whole split, each sample once across ranks, in split order."""
+    def predict(self, loader: DataLoader, tta: str = "none") -> Predictions:
+        """The model's logits for a whole split, each sample once across ranks, in split order;
+        ``tta=hflip`` averages the logits of each image and its mirror."""
         self.model.eval()
         step = self.training.step
         buffer = PredictionBuffer(len(self.prepared.info.class_names))
         plain_ce = nn.CrossEntropyLoss(reduction="none")  # unweighted, unsmoothed: comparable across recipes
         for images, targets, index in loader:
-            logits = self.model(step.prepare(images, self.training.eval_transform)).float()
+            x = step.prepare(images, self.training.eval_transform)
+            logits = self.model(x).float()
+            if tta == "hflip":
+                logits = (logits + self.model(x.flip(3)).float()) / 2
             buffer.add(index, logits, targets, plain_ce(logits, targets))
         return buffer.gather(self.accelerator)
 
@@ -142,16 +146,18 @@ class Trainer:
         metrics["size"] = len(predictions.targets)
         return metrics
 
-    def finish_epoch(self, epoch: int, train: TrainEpoch, val: dict, lr: float, started: float) -> EpochRecord:
-        """The epoch's record: kept in the state, its weights kept if best, all checkpointed."""
+    def finish_epoch(self, epoch: int, train: TrainEpoch, val: Optional[dict], lr: float, started: float) -> EpochRecord:
+        """The epoch's record: kept in the state, its weights kept if best, all checkpointed.
+        ``val`` is None for a run without validation."""
         gpu_peak = None
         if self.accelerator.device.type == "cuda":
             gpu_peak = torch.cuda.max_memory_allocated(self.accelerator.device) / 2**30
             torch.cuda.reset_peak_memory_stats(self.accelerator.device)
+        val = val or {}
         record = EpochRecord(
             epoch=epoch + 1, train_loss=train.loss, train_acc=train.acc, train_macro_f1=train.macro_f1,
-            throughput=train.throughput, train_time=train.seconds, val_loss=val["val/loss"], val_acc=val["val/acc"],
-            val_macro_f1=val["val/macro_f1"], lr=lr, epoch_time=time.perf_counter() - started, gpu_mem_peak_gb=gpu_peak,
+            throughput=train.throughput, train_time=train.seconds, val_loss=val.get("val/loss"),
+            val_acc=val.get("val/acc"), val_macro_f1=val.get("val/macro_f1"), lr=lr, epoch_time=time.perf_counter() - started, gpu_mem_peak_gb=gpu_peak,
         )
         if self.state.finish_epoch(record, self.cfg.train.select_metric):
             self.checkpointer.write_best(self.model, self.state)
@@ -159,13 +165,16 @@ class Trainer:
         return record
 
     def test(self) -> RunResults:
-        """With the best weights: fit the temperature on validation (written with the
-        validation probabilities), then score the test split, raw and calibrated, and
-        write results.json."""
+        """With the best weights (and ``train.tta``): fit the temperature on validation
+        (written with the validation probabilities), then score the test split, raw and
+        calibrated, and write results.json. A run without validation has no temperature."""
         self.checkpointer.load_best(self.model)
-        val = self.predict(self.training.val_loader)
-        calibration = fit_temperature(val.logits, val.targets)
-        self.checkpointer.write_validation(val, self.prepared.splits.val, self.prepared.info.class_names, calibration)
+        tta = self.cfg.train.tta
+        calibration = None
+        if self.training.val_loader is not None:
+            val = self.predict(self.training.val_loader, tta)
+            calibration = fit_temperature(val.logits, val.targets)
+            self.checkpointer.write_validation(val, self.prepared.splits.val, self.prepared.info.class_names, calibration)
         best = self.state.best_record()
         results = RunResults(
             best_epoch=best.epoch,
@@ -174,12 +183,15 @@ class Trainer:
             world_size=self.accelerator.num_processes,
             mixed_precision=self.accelerator.mixed_precision,
             best_val=best.val_metrics(),
+            tta=tta,
         )
         if self.training.test_loader is not None:
-            predictions = self.predict(self.training.test_loader)
+            predictions = self.predict(self.training.test_loader, tta)
             metrics = self.score(predictions, "test")
             results.test_size = metrics.pop("size")
-            results.test = {**metrics, **calibrated_metrics(predictions, calibration, "test")}
+            if calibration is not None:
+                metrics.update(calibrated_metrics(predictions, calibration, "test"))
+            results.test = metrics
         self.checkpointer.write_results(results)
         return results
 
@@ -200,7 +212,7 @@ class Trainer:
                 started, lr = time.perf_counter(), self.training.step.lr
                 train = self.train_epoch(epoch)
                 self._check_stop()
-                val = self.evaluate(self.training.val_loader, "val")
+                val = self.evaluate(self.training.val_loader, "val") if self.training.val_loader is not None else None
                 record = self.finish_epoch(epoch, train, val, lr, started)
                 self.reporter.epoch(record, self.state.history, self.state.best_epoch, self.cfg.train.epochs)
             results = self.test()

@@ -190,23 +190,29 @@ def load_trained(run: Optional[str] = None, checkpoint: Optional[str] = None, de
     return TrainedModel(model, cfg, list(stats.mean), list(stats.std), weights, run_dir, precision, calibration=calibration)
 
 
+def resolve_tta(trained: TrainedModel, tta: str) -> str:
+    """``auto``: the test-time augmentation the run scored itself with (its ``train.tta``)."""
+    return trained.cfg.train.tta if tta == "auto" else tta
+
+
 @torch.no_grad()
-def predict_probs(trained: TrainedModel, images: torch.Tensor, tta: str = "none", calibrated: bool = True) -> torch.Tensor:
-    """Class probabilities of a normalized batch; ``tta="hflip"`` averages image and mirror;
-    ``calibrated`` divides the logits by the run's temperature, when it has one."""
+def predict_probs(trained: TrainedModel, images: torch.Tensor, tta: str = "auto", calibrated: bool = True) -> torch.Tensor:
+    """Class probabilities of a normalized batch; ``tta="hflip"`` averages the logits of the
+    image and its mirror (as training's own test phase does); ``calibrated`` divides the
+    logits by the run's temperature, when it has one."""
     device = next(trained.model.parameters()).device
     x = images.to(device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(trained.precision)
     scale = trained.calibration.temperature if calibrated and trained.calibration is not None else 1.0
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        probs = (trained.model(x).float() / scale).softmax(dim=1)
-        if tta == "hflip":
-            probs = (probs + (trained.model(x.flip(-1)).float() / scale).softmax(dim=1)) / 2
-    return probs.cpu()
+        logits = trained.model(x).float()
+        if resolve_tta(trained, tta) == "hflip":
+            logits = (logits + trained.model(x.flip(-1)).float()) / 2
+    return (logits / scale).softmax(dim=1).cpu()
 
 
 def predict_samples(
-    trained: TrainedModel, root: Path, samples: Sequence[Sample], tta: str = "none", batch_size: int = 64, workers: int = -1,
+    trained: TrainedModel, root: Path, samples: Sequence[Sample], tta: str = "auto", batch_size: int = 64, workers: int = -1,
     calibrated: bool = True,
 ) -> torch.Tensor:
     """(N, C) probabilities of the samples, in their order."""
@@ -225,6 +231,8 @@ def split_samples(trained: TrainedModel, data_root: Optional[str], split: str) -
     splits = read_split(run.split, root, has_test)
     if split == "test" and not splits.test:
         raise DatasetError(f"no test split for this run in {root} (no Testing/ folder)")
+    if split == "val" and not splits.val:
+        raise DatasetError(f"{run.path} has no validation split: it trained on all of Training (data.val_fraction=0)")
     return splits
 
 
@@ -252,7 +260,7 @@ def ensemble_probs(models: Sequence[TrainedModel], root: Path, samples: Sequence
     return torch.stack(raw).mean(0), calibrated
 
 
-def evaluate(models: TrainedModel | Sequence[TrainedModel], splits: DatasetSplits, split: str, tta: str = "none",
+def evaluate(models: TrainedModel | Sequence[TrainedModel], splits: DatasetSplits, split: str, tta: str = "auto",
              batch_size: int = 64) -> dict[str, Any]:
     """Every metric of one split, for one model or the mean probabilities of several; on the
     test split, also without train/test leaks.
@@ -280,7 +288,7 @@ def evaluate(models: TrainedModel | Sequence[TrainedModel], splits: DatasetSplit
         "calibrated": None,
     }
     out["metrics"][f"{split}/loss"] = float(torch.nn.functional.nll_loss(logits, targets)) if len(samples) else float("nan")
-    if cal_probs is not None:  # without TTA, log p / T is exactly the calibrated softmax
+    if cal_probs is not None:  # log p / T is exactly the calibrated softmax (TTA averages logits)
         cal_logits = cal_probs.clamp_min(1e-12).log()
         cal = classification_metrics(cal_logits, targets, trained.class_names, split)
         cal[f"{split}/loss"] = float(torch.nn.functional.nll_loss(cal_logits, targets))

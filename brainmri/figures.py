@@ -157,6 +157,8 @@ def training_curves(history: Sequence[EpochRecord], best_epoch: Optional[int] = 
         for ax, (title, series) in zip(axes, panels):
             for key, label in series:
                 values = [r.value(key) for r in history]
+                if all(v is None for v in values):  # a run without validation
+                    continue
                 color = SPLIT_COLORS["train" if label == "train" else "val"]
                 ax.plot(epochs, values, marker="o", markersize=3, label=label, color=color)
             if best_epoch is not None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-SELECT_METRICS = ("val/macro_f1", "val/acc", "val/loss")
+SELECT_METRICS = ("val/macro_f1", "val/acc", "val/loss", "last")
+_VAL_FIELDS = ("val_loss", "val_acc", "val_macro_f1")
 
 
 def lower_is_better(metric: str) -> bool:
@@ -95,31 +96,41 @@ class EpochRecord:
     train_macro_f1: float
     throughput: float
     train_time: float
-    val_loss: float
-    val_acc: float
-    val_macro_f1: float
+    val_loss: Optional[float]  # None: the run has no validation split (data.val_fraction=0)
+    val_acc: Optional[float]
+    val_macro_f1: Optional[float]
     lr: float
     epoch_time: float
     gpu_mem_peak_gb: Optional[float] = None  # CUDA only
 
     def to_json(self) -> dict[str, Any]:
-        out = {key: getattr(self, name) for name, key in _EPOCH_KEYS.items()}
-        if out["gpu_mem_peak_gb"] is None:
-            del out["gpu_mem_peak_gb"]
-        return out
+        optional = ("gpu_mem_peak_gb",) + _VAL_FIELDS
+        return {key: getattr(self, name) for name, key in _EPOCH_KEYS.items()
+                if not (name in optional and getattr(self, name) is None)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "EpochRecord":
-        return cls(**{name: data[key] for name, key in _EPOCH_KEYS.items() if key in data})
+        values = {name: data[key] for name, key in _EPOCH_KEYS.items() if key in data}
+        return cls(**{**{name: None for name in _VAL_FIELDS}, **values})
 
-    def value(self, metric: str) -> float:
-        """A metric by its JSON name (``val/macro_f1``), as ``train.select_metric`` names it."""
+    @property
+    def has_val(self) -> bool:
+        return self.val_loss is not None
+
+    def value(self, metric: str) -> Optional[float]:
+        """A metric by its JSON name (``val/macro_f1``), as ``train.select_metric`` names it;
+        ``last`` is the epoch number, so the latest epoch is always the best."""
+        if metric == "last":
+            return float(self.epoch)
         by_key = {key: name for name, key in _EPOCH_KEYS.items()}
         if metric not in by_key:
             raise KeyError(f"no metric {metric!r} in an epoch record")
         return getattr(self, by_key[metric])
 
     def val_metrics(self) -> dict[str, float]:
+        """The val/* metrics; empty without a validation split."""
+        if not self.has_val:
+            return {}
         return {"val/loss": self.val_loss, "val/acc": self.val_acc, "val/macro_f1": self.val_macro_f1}
 
 
@@ -132,9 +143,10 @@ class RunResults:
     best_value: float
     world_size: int
     mixed_precision: str
-    best_val: dict[str, float]  # the best epoch's val/* metrics
+    best_val: dict[str, float]  # the best epoch's val/* metrics (empty without validation)
     test: Optional[dict[str, Any]] = None  # brainmri.metrics.classification_metrics of the test split
     test_size: int = 0
+    tta: str = "none"  # the test-time augmentation of the final validation and test scores
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -143,6 +155,7 @@ class RunResults:
             "best_value": self.best_value,
             "world_size": self.world_size,
             "mixed_precision": self.mixed_precision,
+            "tta": self.tta,
             **self.best_val,
         }
         if self.test is None:

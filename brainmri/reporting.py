@@ -159,10 +159,12 @@ class Reporter:
     def epoch(self, record: EpochRecord, history: Sequence[EpochRecord], best_epoch: Optional[int], epochs: int) -> None:
         self.tracker.log(record.to_json())
         figures.save_figure(figures.training_curves(history, best_epoch), self.figures_dir / "curves.png")
+        val = (f"val loss {record.val_loss:.4f} acc {record.val_acc:.3f} f1 {record.val_macro_f1:.3f}"
+               if record.has_val else "no validation")
         log.info(
-            "epoch %d/%d  train loss %.4f acc %.3f | val loss %.4f acc %.3f f1 %.3f | %.1f img/s, %.1f s%s",
-            record.epoch, epochs, record.train_loss, record.train_acc, record.val_loss, record.val_acc,
-            record.val_macro_f1, record.throughput, record.epoch_time, "  *best*" if best_epoch == record.epoch else "",
+            "epoch %d/%d  train loss %.4f acc %.3f | %s | %.1f img/s, %.1f s%s",
+            record.epoch, epochs, record.train_loss, record.train_acc, val, record.throughput, record.epoch_time,
+            "  *best*" if best_epoch == record.epoch and record.has_val else "",
         )
 
     # ------------------------------------------------------------------ end
@@ -184,14 +186,15 @@ class Reporter:
 
     @main_only
     def gradcam(self, model: nn.Module, splits: DatasetSplits, info: DatasetInfo) -> None:
-        """Grad-CAM overlays of a fixed set of validation images (the first of each class).
+        """Grad-CAM overlays of a fixed set of validation images (the first of each class;
+        test images for a run without validation).
 
         A model that is right for the wrong reason (skull edges, text burnt into the
         slice) shows it here; the same images every run make runs comparable.
         """
-        chosen = first_per_class(splits.val, self.figures_cfg.samples_per_class)
+        chosen = first_per_class(splits.val or splits.test or [], self.figures_cfg.samples_per_class)
         if not chosen or cam.target_layer(model) is None:
-            log.info("no Grad-CAM figure: %s", "no validation images" if not chosen else "the model has no conv layer")
+            log.info("no Grad-CAM figure: %s", "no validation or test images" if not chosen else "the model has no conv layer")
             return
         path = self.figures_dir / "gradcam.png"
         tiles = cam.explain_samples(

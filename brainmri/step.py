@@ -116,7 +116,7 @@ class Training:
 
     step: TrainStep
     train_loader: DataLoader
-    val_loader: DataLoader
+    val_loader: Optional[DataLoader]  # None: a refit on all of Training
     test_loader: Optional[DataLoader]
     eval_transform: Optional[nn.Module]
     steps_per_epoch: int  # optimizer steps
@@ -144,7 +144,8 @@ def build_training(cfg: Config, accelerator: Accelerator, splits: DatasetSplits,
     if weight is not None:
         log.info("class weights: %s", [round(float(w), 3) for w in weight])
     criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.train.label_smoothing, reduction="none").to(device)
-    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, loaders.train, loaders.val)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, loaders.train)
+    val_loader = accelerator.prepare(loaders.val) if loaders.val is not None else None
     test_loader = accelerator.prepare(loaders.test) if loaders.test is not None else None
     train_transform = loaders.train_batch_transform.to(device) if loaders.train_batch_transform is not None else None
     eval_transform = loaders.eval_batch_transform.to(device) if loaders.eval_batch_transform is not None else None

@@ -1,7 +1,7 @@
 """Evaluate a trained model on its test (or validation) split with every clinical metric.
 
     python launch/evaluate.py run=runs/sartaj_gpu-20261126-041500
-    python launch/evaluate.py run=RUN_DIR split=val tta=hflip
+    python launch/evaluate.py run=RUN_DIR split=val tta=none   # default tta=auto: as the run scored itself
     python launch/evaluate.py run=RUN_DIR data.root=/elsewhere/sartaj checkpoint=RUN_DIR/checkpoints/epoch_0020
     python launch/evaluate.py run=runs/sweeps/demo_cv                 # the ensemble of a sweep's finished runs
     python launch/evaluate.py run=RUN_A,RUN_B,RUN_C                    # the ensemble of these runs
@@ -23,7 +23,7 @@ import cli
 from brainmri import config as config_lib
 from brainmri.console import console, print_metrics, setup_logging
 from brainmri.errors import BrainMRIError
-from brainmri.evaluation import TrainedModel, evaluate, evaluation_figures, load_models, split_samples
+from brainmri.evaluation import TrainedModel, evaluate, evaluation_figures, load_models, resolve_tta, split_samples
 from brainmri.rundir import atomic_write_json
 
 
@@ -37,9 +37,10 @@ def command(args: cli.Args) -> int:
     splits = split_samples(trained, cfg.data.root, cfg.split)
     result = evaluate(models, splits, cfg.split, cfg.tta, cfg.batch_size)
     split, m = cfg.split, result["metrics"]
+    tta = sorted({resolve_tta(member, cfg.tta) for member in models})
     n = len(result["targets"])
     what = f"the ensemble of {len(models)} runs (mean probability)" if ensemble else str(trained.weights)
-    print_metrics(m, split, f"{split} split, {n} images ({what}{', hflip TTA' if cfg.tta == 'hflip' else ''})")
+    print_metrics(m, split, f"{split} split, {n} images ({what}{', hflip TTA' if 'hflip' in tta else ''})")
     leaks = result["leaks"]
     if result["leakage_free"] is not None:
         free = result["leakage_free"]
@@ -63,7 +64,7 @@ def command(args: cli.Args) -> int:
         "split": split,
         "size": n,
         "weights": str(trained.weights) if not ensemble else [str(t.weights) for t in models],
-        "tta": cfg.tta,
+        "tta": tta[0] if len(tta) == 1 else tta,
         "data_root": str(splits.root),
         **m,
         "train_test_leaks": len(leaks),

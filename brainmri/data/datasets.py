@@ -250,7 +250,7 @@ def train_test_leaks(train: Sequence[Sample], test: Sequence[Sample], hashes: di
 
 
 def stratified_split(samples: Sequence[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Hold out ``val_fraction`` of every class (at least one image), reproducibly."""
+    """Hold out ``val_fraction`` of every class (at least one image unless it is 0), reproducibly."""
     rng = random.Random(seed)
     train: list[Sample] = []
     val: list[Sample] = []
@@ -259,7 +259,7 @@ def stratified_split(samples: Sequence[Sample], val_fraction: float, seed: int) 
         if not members:
             continue
         rng.shuffle(members)
-        n_val = max(1, round(len(members) * val_fraction)) if len(members) > 1 else 0
+        n_val = max(1, round(len(members) * val_fraction)) if len(members) > 1 and val_fraction > 0 else 0
         val.extend(members[:n_val])
         train.extend(members[n_val:])
     return sorted(train, key=lambda s: s.path), sorted(val, key=lambda s: s.path)
@@ -299,8 +299,9 @@ def split_training(samples: Sequence[Sample], rule: SplitRule, pixels: dict[str,
     else:
         train, val = group_split(samples, groups, rule.val_fraction, rule.seed)
     sizes = Counter(groups.values())
-    log.info("validation keeps %d duplicate group(s) of %d images whole (data.split_groups=%s)",
-             sum(n > 1 for n in sizes.values()), sum(n for n in sizes.values() if n > 1), rule.groups)
+    if val:
+        log.info("validation keeps %d duplicate group(s) of %d images whole (data.split_groups=%s)",
+                 sum(n > 1 for n in sizes.values()), sum(n for n in sizes.values() if n > 1), rule.groups)
     return train, val, groups
 
 
@@ -375,8 +376,11 @@ def scan_dataset(
     if test is not None and not test:
         raise DatasetError(f"no readable test images in {test_dir}")
     train, val, groups = split_training(train_all, split, hashes, phashes)
-    if not val or not train:
+    wants_val = split.folds > 1 or split.val_fraction > 0
+    if not train or (wants_val and not val):
         raise DatasetError(f"too few training images in {train_dir} for a validation split")
+    if not wants_val:
+        log.info("no validation split: all %d Training images train (data.val_fraction=0)", len(train))
     return DatasetSplits(root=root, train=train, val=val, test=test, bad=bad, leaks=leaks, groups=groups, excluded=sorted(set(excluded)))
 
 

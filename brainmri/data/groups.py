@@ -115,6 +115,7 @@ def group_split(samples: Sequence[Sample], groups: Mapping[str, int], val_fracti
     shuffled and each goes to validation while it fits in what is left of the class's
     share, so with no duplicates (every group one image) this is exactly the plain
     stratified split of :func:`brainmri.data.datasets.stratified_split`, image for image.
+    ``val_fraction=0`` keeps everything for training (a refit).
     """
     members: dict[int, list[Sample]] = {}
     for s in sorted(samples, key=lambda s: s.path):
@@ -126,7 +127,7 @@ def group_split(samples: Sequence[Sample], groups: Mapping[str, int], val_fracti
         units = [g for g, m in members.items() if m[0].label == label]
         size = sum(len(members[g]) for g in units)
         rng.shuffle(units)
-        target = max(1, round(size * val_fraction)) if size > 1 else 0
+        target = max(1, round(size * val_fraction)) if size > 1 and val_fraction > 0 else 0
         taken = 0
         for g in units:
             fits = taken + len(members[g]) <= target

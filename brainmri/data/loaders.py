@@ -77,7 +77,7 @@ class Loaders:
     """The loaders of one run and the batch transforms the cached pipeline applies on the device."""
 
     train: DataLoader
-    val: DataLoader
+    val: Optional[DataLoader]  # None: no validation split (data.val_fraction=0)
     test: Optional[DataLoader]
     train_batch_transform: Optional[nn.Module]  # None: the pil pipeline transformed each image already
     eval_batch_transform: Optional[nn.Module]
@@ -156,7 +156,7 @@ def build_loaders(
 
     return Loaders(
         train=loader(splits.train, train_tf, train=True),
-        val=loader(splits.val, eval_tf, train=False),
+        val=loader(splits.val, eval_tf, train=False) if splits.val else None,
         test=loader(splits.test, eval_tf, train=False) if splits.test else None,
         train_batch_transform=train_batch,
         eval_batch_transform=eval_batch,

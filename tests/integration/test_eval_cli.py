@@ -40,7 +40,7 @@ def test_training_results_hold_every_metric_and_a_gradcam_figure(trained):
 
 def test_evaluate_writes_json_pngs_and_the_leakage_free_score(trained):
     root, out = trained
-    proc = run_script(python(str(LAUNCH / "evaluate.py"), f"run={out}", "tta=hflip"))
+    proc = run_script(python(str(LAUNCH / "evaluate.py"), f"run={out}", "tta=hflip"))  # the run trained with tta=none
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "eval_test.json").read_text())
     results = json.loads((out / "results.json").read_text())
@@ -62,6 +62,33 @@ def test_evaluate_writes_json_pngs_and_the_leakage_free_score(trained):
     assert proc.returncode == 0, proc.stderr[-2000:]
     val = json.loads((out / "eval_val.json").read_text())
     assert val["size"] == 4 and val["leakage_free"] is None
+
+
+def test_refit_without_validation_scores_the_last_epoch_with_tta_and_evaluate_reproduces_it(tmp_path):
+    """data.val_fraction=0: every Training image trains, the final epoch is scored with flip
+    TTA, there is no temperature to fit, and evaluate.py (tta=auto) gives the same numbers."""
+    root = make_dataset(tmp_path / "data", train_per_class=6, test_per_class=3, size=48)
+    out = tmp_path / "run"
+    proc = run_script(python(str(LAUNCH / "train.py"), *fast_overrides(root, out, epochs=2), "data.val_fraction=0",
+                             "train.select_metric=last", "train.tta=hflip"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no validation" in proc.stderr
+    with open(out / "split.csv", newline="") as f:
+        assert sorted(row["split"] for row in csv.DictReader(f)) == ["test"] * 12 + ["train"] * 24
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and not any(k.startswith("val/") for r in rows for k in r)
+    results = json.loads((out / "results.json").read_text())
+    assert results["best_epoch"] == 2 and results["select_metric"] == "last" and results["tta"] == "hflip"
+    assert results["test/size"] == 12 and "val/acc" not in results and "temperature" not in results
+    assert not (out / "calibration.json").exists() and (out / "figures" / "gradcam.png").read_bytes()[:8] == PNG
+    proc = run_script(python(str(LAUNCH / "evaluate.py"), f"run={out}"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "eval_test.json").read_text())
+    assert report["tta"] == "hflip" and report["calibration"] is None
+    assert report["test/acc"] == pytest.approx(results["test/acc"], abs=1e-6)
+    assert report["confusion_matrix"] == results["confusion_matrix"]
+    proc = run_script(python(str(LAUNCH / "evaluate.py"), f"run={out}", "split=val"))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith("trained on all of Training (data.val_fraction=0)")
 
 
 @pytest.mark.parametrize("args,message", [

@@ -191,7 +191,9 @@ def test_refuses_to_clobber_then_resume_and_overwrite(tmp_path):
     [
         ("optim.lrr=0.1", "error: unknown key 'optim.lrr' in the command line; did you mean 'optim.lr'?"),
         ("train.epochs=two", "error: train.epochs: Value 'two' of type 'str' could not be converted to Integer"),
-        ("data.val_fraction=1.2", "error: data.val_fraction=1.2 is invalid: expected a fraction in (0, 1)"),
+        ("data.val_fraction=1.2", "error: data.val_fraction=1.2 is invalid: expected a fraction in [0, 1) (0: no validation)"),
+        ("data.val_fraction=0", "error: data.val_fraction=0 leaves no validation to choose epochs by "
+                                "train.select_metric=val/macro_f1: set train.select_metric=last"),
     ],
 )
 def test_config_errors_are_one_line_exit_2(tmp_path, override, message):

@@ -39,8 +39,10 @@ def test_unknown_key_names_nearest(arg, expected):
         ("optim.lr=abc", "optim.lr"),
         ("train.epochs=2.5", "train.epochs"),
         ("optim.lr=-1", "optim.lr=-1.0 is invalid: expected a positive learning rate"),
-        ("data.val_fraction=1.5", "data.val_fraction=1.5 is invalid: expected a fraction in \\(0, 1\\)"),
-        ("data.val_fraction=0", "data.val_fraction"),
+        ("data.val_fraction=1.5", "data.val_fraction=1.5 is invalid: expected a fraction in \\[0, 1\\)"),
+        ("data.val_fraction=-0.1", "data.val_fraction"),
+        ("data.val_fraction=0", "no validation to choose epochs by train.select_metric=val/macro_f1: set train.select_metric=last"),
+        ("train.tta=vflip", "train.tta='vflip' is invalid: expected one of none\\|hflip"),
         ("data.channels=2", "data.channels=2 is invalid: expected one of 1\\|3"),
         ("train.mixed_precision=fp8", "train.mixed_precision"),
         ("data.on_bad_image=ignore", "data.on_bad_image"),
@@ -129,3 +131,10 @@ def test_flat_dict():
     from brainmri.config import flat_dict
 
     assert flat_dict({"a": {"b": 1, "c": {}}, "d": 2, "e": {"f": {"g": 3}}}) == {"a.b": 1, "a.c": {}, "d": 2, "e.f.g": 3}
+
+
+def test_a_refit_without_validation_selects_the_last_epoch():
+    cfg = load_config(["data.val_fraction=0", "train.select_metric=last", "train.tta=hflip"], RECIPES)
+    assert not cfg.has_validation and cfg.train.tta == "hflip"
+    assert load_config(["data.val_fraction=0", "data.folds=5", "data.fold=1"], RECIPES).has_validation  # folds validate
+    assert load_config([], RECIPES).has_validation

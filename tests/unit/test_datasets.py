@@ -170,6 +170,17 @@ def test_stratified_split_is_seeded_and_per_class():
     assert stratified_split(samples, 0.1, seed=3) == (train, val)
     assert stratified_split(samples, 0.1, seed=4)[1] != val
     assert not {s.path for s in train} & {s.path for s in val}
+    assert stratified_split(samples, 0.0, seed=3) == (sorted(samples, key=lambda s: s.path), [])  # a refit
+
+
+def test_group_split_with_no_validation_share_trains_on_everything():
+    from brainmri.data.datasets import Sample
+    from brainmri.data.groups import group_split
+
+    samples = [Sample(f"c{label}/{i}.jpg", label) for label in range(4) for i in range(6)]
+    groups = {s.path: i // 2 for i, s in enumerate(samples)}  # pairs of duplicates
+    train, val = group_split(samples, groups, 0.0, seed=0)
+    assert val == [] and train == sorted(samples, key=lambda s: s.path)
 
 
 def test_split_file_round_trip(tmp_path):

@@ -33,6 +33,18 @@ def test_an_old_run_loads_with_its_normalization_and_precision():
     assert trained.mean == [0.5, 0.5, 0.5] and trained.precision in ("bf16", "no")
     probs = predict_probs(trained, torch.zeros(2, 3, 64, 64), tta="hflip")
     assert probs.shape == (2, 4) and torch.allclose(probs.sum(1), torch.ones(2))
+    assert trained.cfg.train.tta == "none"  # a run from before train.tta: auto means no TTA
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(predict_probs(trained, x), predict_probs(trained, x, tta="none"))
+
+
+def test_flip_tta_averages_the_logits_of_image_and_mirror():
+    trained = load_trained(str(FIXTURE), device=CPU)
+    trained.precision = "no"
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        expected = ((trained.model(x) + trained.model(x.flip(-1))) / 2).softmax(dim=1)
+    assert torch.allclose(predict_probs(trained, x, tta="hflip", calibrated=False), expected, atol=1e-5)
 
 
 def test_a_weights_file_alone_carries_its_config(tmp_path):

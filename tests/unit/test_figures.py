@@ -13,7 +13,9 @@ def test_figures_render_to_png(tmp_path):
     figures.save_figure(figures.confusion_matrix([[3, 1, 0, 0], [0, 2, 0, 0], [0, 0, 0, 0], [1, 0, 0, 4]], names), tmp_path / "c.png")
     history = [EpochRecord(e, 1 / e, 0.5, 0.5, 10.0, 1.0, 1.2 / e, 0.4, 0.3, 1e-3, 1.0) for e in (1, 2, 3)]
     figures.save_figure(figures.training_curves(history, best_epoch=2), tmp_path / "d.png")
-    for name in "abcd":
+    refit = [EpochRecord(e, 1 / e, 0.5, 0.5, 10.0, 1.0, None, None, None, 1e-3, 1.0) for e in (1, 2, 3)]
+    figures.save_figure(figures.training_curves(refit, best_epoch=3), tmp_path / "e.png")
+    for name in "abcde":
         data = (tmp_path / f"{name}.png").read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png", "c.png", "d.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png", "c.png", "d.png", "e.png"]

@@ -50,3 +50,12 @@ def test_results_json_keys():
     results.test, results.test_size = {"test/acc": 0.7, "confusion_matrix": [[1]]}, 10
     out = results.to_json()
     assert out["test/acc"] == 0.7 and out["test/size"] == 10 and "test" not in out and out["world_size"] == 2
+
+
+def test_an_epoch_without_validation_writes_no_val_keys_and_last_selects_the_latest():
+    record = EpochRecord(3, 0.5, 0.8, 0.79, 100.0, 2.0, None, None, None, 1e-3, 2.5)
+    data = record.to_json()
+    assert not any(k.startswith("val/") for k in data) and not record.has_val and record.val_metrics() == {}
+    again = EpochRecord.from_json(json.loads(json.dumps(data)))
+    assert again == record
+    assert again.value("last") == 3.0 and is_better("last", 3.0, 2.0) and not lower_is_better("last")
