@@ -33,6 +33,7 @@ from brainmri.preparation import PreparedRun, prepare_run
 from brainmri.records import EpochRecord, RunResults, TrainEpoch
 from brainmri.reporting import Reporter
 from brainmri.step import Training, build_training
+from brainmri.tta import tta_logits
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +134,7 @@ class Trainer:
         buffer = PredictionBuffer(len(self.prepared.info.class_names))
         plain_ce = nn.CrossEntropyLoss(reduction="none")  # unweighted, unsmoothed: comparable across recipes
         for images, targets, index in loader:
-            x = step.prepare(images, self.training.eval_transform)
-            logits = self.model(x).float()
-            if tta == "hflip":
-                logits = (logits + self.model(x.flip(3)).float()) / 2
+            logits = tta_logits(self.model, step.prepare(images, self.training.eval_transform), tta)
             buffer.add(index, logits, targets, plain_ce(logits, targets))
         return buffer.gather(self.accelerator)
 

@@ -44,6 +44,7 @@ from brainmri.metrics import classification_metrics, reliability_bins, roc_curve
 from brainmri.models import build_model
 from brainmri.records import DatasetInfo
 from brainmri.rundir import RunDir
+from brainmri.tta import tta_logits
 from brainmri.weights import load_state_dict_file
 
 log = logging.getLogger(__name__)
@@ -205,9 +206,7 @@ def predict_probs(trained: TrainedModel, images: torch.Tensor, tta: str = "auto"
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(trained.precision)
     scale = trained.calibration.temperature if calibrated and trained.calibration is not None else 1.0
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        logits = trained.model(x).float()
-        if resolve_tta(trained, tta) == "hflip":
-            logits = (logits + trained.model(x.flip(-1)).float()) / 2
+        logits = tta_logits(trained.model, x, resolve_tta(trained, tta))
     return (logits / scale).softmax(dim=1).cpu()
 
 
