@@ -287,8 +287,10 @@ class Config:
 
     @property
     def has_validation(self) -> bool:
-        """False for a refit on all of Training (data.val_fraction=0, no folds)."""
-        return self.data.folds > 1 or self.data.val_fraction > 0
+        """False for a refit on all of Training (data.val_fraction=0, no folds); the split's own rule."""
+        from brainmri.data.datasets import split_rule  # here, so that reading a config does not import torch
+
+        return split_rule(self.data, self.seed).has_validation
 
     @property
     def in_chans(self) -> int:

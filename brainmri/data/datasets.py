@@ -276,6 +276,12 @@ class SplitRule:
     folds: int = 0  # > 1: k-fold cross-validation, fold ``fold`` validates
     fold: int = 0
 
+    @property
+    def has_validation(self) -> bool:
+        """False for a refit on all of Training (``val_fraction`` 0 and no folds): the one rule
+        the config's check and the split both follow."""
+        return self.folds > 1 or self.val_fraction > 0
+
 
 def split_rule(data, seed: int) -> SplitRule:
     """The split keys of a ``DataConfig``."""
@@ -376,10 +382,9 @@ def scan_dataset(
     if test is not None and not test:
         raise DatasetError(f"no readable test images in {test_dir}")
     train, val, groups = split_training(train_all, split, hashes, phashes)
-    wants_val = split.folds > 1 or split.val_fraction > 0
-    if not train or (wants_val and not val):
+    if not train or (split.has_validation and not val):
         raise DatasetError(f"too few training images in {train_dir} for a validation split")
-    if not wants_val:
+    if not split.has_validation:
         log.info("no validation split: all %d Training images train (data.val_fraction=0)", len(train))
     return DatasetSplits(root=root, train=train, val=val, test=test, bad=bad, leaks=leaks, groups=groups, excluded=sorted(set(excluded)))
 

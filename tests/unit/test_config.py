@@ -138,3 +138,18 @@ def test_a_refit_without_validation_selects_the_last_epoch():
     assert not cfg.has_validation and cfg.train.tta == "hflip"
     assert load_config(["data.val_fraction=0", "data.folds=5", "data.fold=1"], RECIPES).has_validation  # folds validate
     assert load_config([], RECIPES).has_validation
+
+
+@pytest.mark.parametrize("overrides", [
+    ["data.val_fraction=0", "train.select_metric=last"],
+    ["data.val_fraction=0", "data.folds=3", "data.fold=2"],
+    ["data.val_fraction=0.2"],
+    ["data.folds=5", "data.fold=0", "data.split_groups=none"],
+])
+def test_the_config_and_the_split_share_one_validation_rule(overrides):
+    """The config refuses a validation metric exactly when the split would make no validation."""
+    from brainmri.data.datasets import split_rule
+
+    cfg = load_config(overrides, RECIPES)
+    assert cfg.has_validation == split_rule(cfg.data, cfg.seed).has_validation
+    assert cfg.has_validation == ("data.val_fraction=0" not in overrides or any(o.startswith("data.folds") for o in overrides))
