@@ -150,6 +150,7 @@ class OutOfFold:
     probs: np.ndarray
     class_names: list[str]
     data_root: str
+    runs: list[str]  # the folds' run directories, fold 0 first
 
 
 def read_out_of_fold(sweep_dir: Path, setting: Optional[str] = None) -> OutOfFold:
@@ -189,7 +190,7 @@ def read_out_of_fold(sweep_dir: Path, setting: Optional[str] = None) -> OutOfFol
     labels = np.array([class_names.index(row["label"]) for row in rows])
     probs = np.array([[float(row[f"p_{c}"]) for c in class_names] for row in rows])
     root = config_from_yaml(Path(mine[0].output_dir) / "config.yaml").data.root or ""
-    return OutOfFold(setting, files, labels, probs, class_names, root)
+    return OutOfFold(setting, files, labels, probs, class_names, root, [r.output_dir for r in mine])
 
 
 def write_label_issues(path: Path, issues: Sequence[LabelIssue], class_names: Sequence[str]) -> None:

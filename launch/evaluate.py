@@ -53,10 +53,11 @@ def command(args: cli.Args) -> int:
     if calibrated is not None:
         cm = calibrated["metrics"]
         note = " (fitted on this split: optimistic)" if calibrated["fitted_on"] == split else ""
+        source = "the CV folds' out-of-fold predictions" if calibrated["fitted_on"] == "cv" else f"the {calibrated['fitted_on']} split"
         temperature = calibrated["temperature"]
         temperature = f"{temperature:.3f}" if not ensemble else "per member " + ", ".join(f"{t:.2f}" for t in temperature)
         console.print(
-            f"calibration: temperature {temperature} from the {calibrated['fitted_on']} split{note}: "
+            f"calibration: temperature {temperature} from {source}{note}: "
             f"ECE {m[f'{split}/ece']:.3f} -> [bold]{cm[f'{split}/ece']:.3f}[/bold], "
             f"NLL {m[f'{split}/loss']:.3f} -> [bold]{cm[f'{split}/loss']:.3f}[/bold]"
         )

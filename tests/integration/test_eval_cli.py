@@ -91,6 +91,40 @@ def test_refit_without_validation_scores_the_last_epoch_with_tta_and_evaluate_re
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith("trained on all of Training (data.val_fraction=0)")
 
 
+def test_a_refit_is_calibrated_by_its_folds_and_evaluate_and_predict_apply_it(tmp_path):
+    """Two real CV folds and a refit of one recipe; calibrate.py fits the temperature on the folds'
+    out-of-fold predictions, and evaluate.py reports ECE before and after it."""
+    from brainmri.sweep import TrialRecord, write_manifest
+
+    root = make_dataset(tmp_path / "data", train_per_class=6, test_per_class=3, size=48)
+    common = ["train.select_metric=last", "train.tta=hflip"]
+    records = []
+    for fold in range(2):
+        out = tmp_path / "cv" / f"t00-fold{fold}"
+        proc = run_script(python(str(LAUNCH / "train.py"), *fast_overrides(root, out), *common, "data.folds=2", f"data.fold={fold}"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        records.append(TrialRecord(fold, out.name, {"data.folds": 2, "data.fold": fold}, str(out), state="completed", base="t00", fold=fold))
+    write_manifest(tmp_path / "cv" / "manifest.json", "cv", "cv.yaml", records, {"metric": "val/acc", "cv": 2, "varying": []})
+    refit = tmp_path / "refit"
+    proc = run_script(python(str(LAUNCH / "train.py"), *fast_overrides(root, refit), *common, "data.val_fraction=0"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_script(python(str(LAUNCH / "calibrate.py"), str(refit), str(tmp_path / "cv")))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cal = json.loads((refit / "calibration.json").read_text())
+    assert cal["fitted_on"] == "cv" and cal["size"] == 24 and cal["temperature"] > 0  # every Training image once
+    assert f"temperature {cal['temperature']:.3f} from 24 out-of-fold predictions" in proc.stdout
+    proc = run_script(python(str(LAUNCH / "evaluate.py"), f"run={refit}"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((refit / "eval_test.json").read_text())
+    assert report["calibration"]["fitted_on"] == "cv" and report["calibration"]["temperature"] == cal["temperature"]
+    assert "from the CV folds' out-of-fold predictions" in proc.stdout
+    proc = run_script(python(str(LAUNCH / "predict.py"), f"run={refit}", str(root / "Testing"), f"--out={tmp_path / 'pred'}"))
+    assert proc.returncode == 0 and f"calibrated at temperature {cal['temperature']:.2f}" in proc.stdout
+    # a run with its own validation split keeps its own temperature
+    proc = run_script(python(str(LAUNCH / "calibrate.py"), str(tmp_path / "cv" / "t00-fold0"), str(tmp_path / "cv")))
+    assert proc.returncode == 2 and proc.stderr.strip().endswith("calibrate.py is for refits (data.val_fraction=0)")
+
+
 @pytest.mark.parametrize("args,message", [
     ([], "run=RUN_DIR or checkpoint=FILE"),
     (["run=/nonexistent/run"], "run directory not found"),
