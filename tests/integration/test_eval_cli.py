@@ -126,6 +126,16 @@ def test_a_refit_is_calibrated_by_its_folds_and_evaluate_and_predict_apply_it(tm
 
 
 @pytest.mark.parametrize("args,message", [
+    ([], "usage: python launch/calibrate.py RUN_DIR CV_SWEEP_DIR [--setting NAME]"),
+    (["/nonexistent/run", "/nonexistent/cv"], "/nonexistent/run is not a finished run (no config.yaml or best.safetensors)"),
+    (["a", "b", "--settting=t00"], "unknown option --settting"),
+])
+def test_calibrate_bad_input_is_one_line(args, message):
+    proc = run_script(python(str(LAUNCH / "calibrate.py"), *args))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("args,message", [
     ([], "run=RUN_DIR or checkpoint=FILE"),
     (["run=/nonexistent/run"], "run directory not found"),
     (["splt=val", "run=x"], "did you mean 'split'"),
