@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import cli
@@ -25,11 +26,41 @@ from brainmri.errors import BrainMRIError
 FLAGS = [cli.Flag("--cam"), cli.Flag("--out", "DIR", Path, Path("predictions"))]
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """One image's row of predictions.csv and of the printed table."""
+
+    path: Path
+    predicted: str
+    confidence: float
+    probs: list[float]
+
+
+def write_csv(path: Path, rows: list[Prediction], names: list[str]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "predicted", "confidence", *[f"p_{n}" for n in names]])
+        for row in rows:
+            writer.writerow([str(row.path), row.predicted, f"{row.confidence:.4f}", *[f"{p:.4f}" for p in row.probs]])
+
+
+def show_table(rows: list[Prediction], names: list[str], title: str) -> None:
+    from rich.table import Table
+
+    from brainmri.console import console
+
+    table = Table(title=title)
+    for column in ("file", "predicted", "confidence", *names):
+        table.add_column(column, justify="left" if column in ("file", "predicted") else "right")
+    for row in rows:
+        table.add_row(str(row.path), f"[bold]{row.predicted}", f"{row.confidence:.1%}", *[f"{p:.3f}" for p in row.probs])
+    console.print(table)
+
+
 def command(args: cli.Args) -> int:
     import numpy as np
     import torch
     from PIL import Image
-    from rich.table import Table
 
     from brainmri import cam as cam_lib
     from brainmri import config as config_lib
@@ -67,7 +98,7 @@ def command(args: cli.Args) -> int:
         preds = probs.argmax(dim=1)
         maps = cam_lib.grad_cam(trained.model, x.to(device), preds.tolist()) if want_cam else None
         for i, (path, image) in enumerate(zip(batch, images)):
-            rows.append((path, names[int(preds[i])], float(probs[i, preds[i]]), [float(p) for p in probs[i]]))
+            rows.append(Prediction(path, names[int(preds[i])], float(probs[i, preds[i]]), [float(p) for p in probs[i]]))
             if maps is not None:
                 cam_dir.mkdir(parents=True, exist_ok=True)
                 stem = path.stem if path.stem not in used else f"{path.parent.name}_{path.stem}"
@@ -75,19 +106,10 @@ def command(args: cli.Args) -> int:
                 overlay = cam_lib.overlay(np.asarray(image.convert("RGB")), maps[i])
                 Image.fromarray(overlay).save(cam_dir / f"{stem}_cam.png")
     csv_path = out / "predictions.csv"
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["file", "predicted", "confidence", *[f"p_{n}" for n in names]])
-        for path, pred, conf, probs_row in rows:
-            writer.writerow([str(path), pred, f"{conf:.4f}", *[f"{p:.4f}" for p in probs_row]])
+    write_csv(csv_path, rows, names)
     calibrated = f", calibrated at temperature {trained.calibration.temperature:.2f}" if trained.calibration else ""
     what = f"the ensemble of {len(models)} runs" if len(models) > 1 else f"{trained.cfg.model.name} ({trained.weights}{calibrated})"
-    table = Table(title=f"{len(rows)} image(s), {what}")
-    for column in ("file", "predicted", "confidence", *names):
-        table.add_column(column, justify="left" if column in ("file", "predicted") else "right")
-    for path, pred, conf, probs_row in rows:
-        table.add_row(str(path), f"[bold]{pred}", f"{conf:.1%}", *[f"{p:.3f}" for p in probs_row])
-    console.print(table)
+    show_table(rows, names, f"{len(rows)} image(s), {what}")
     console.print(f"wrote {csv_path}" + (f" and {len(rows)} Grad-CAM overlay(s) in {cam_dir}" if want_cam else ""))
     return 0
 
