@@ -138,7 +138,8 @@ def test_kill_and_resume_keeps_every_epoch_exactly_once(tmp_path):
     run_id = (out / "wandb_id.txt").read_text().strip()
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) >= 2 and all(r.name.endswith(f"-{run_id}") for r in runs)
-    assert "upload it with: wandb sync" in " ".join(final.stderr.split())
+    wandb_lines = [line for line in final.stderr.splitlines() if "W&B" in line or "wandb" in line]
+    assert "upload it with: wandb sync" in " ".join(final.stderr.split()), wandb_lines  # on failure: what W&B said
 
 
 def test_broken_wandb_still_trains_and_never_writes_the_key(tmp_path):
