@@ -15,7 +15,7 @@ comes from the same recipe's cross-validation instead (:func:`calibrate_refit`, 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -70,8 +70,7 @@ def fit_temperature_to_probabilities(probs: np.ndarray, targets: np.ndarray, spl
     """:func:`fit_temperature` on stored probabilities. Their logarithms are the logits up to a
     constant per row, which the softmax ignores; probabilities rounded to 0 are floored at 1e-7."""
     logits = torch.from_numpy(np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-7, None)))
-    fitted = fit_temperature(logits, torch.as_tensor(np.asarray(targets)), split)
-    return Calibration(**{**asdict(fitted), "source": source})
+    return replace(fit_temperature(logits, torch.as_tensor(np.asarray(targets)), split), source=source)
 
 
 # The settings that shape a model's confidence: a temperature carries over only between runs that share them.
