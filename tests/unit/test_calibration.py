@@ -17,6 +17,7 @@ from brainmri.calibration import (calibrate_refit, calibrated_metrics, confidenc
 from brainmri.config import load_config, to_yaml
 from brainmri.distributed import Predictions
 from brainmri.errors import BrainMRIError
+from brainmri.sweep import TrialRecord, write_manifest
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
@@ -96,9 +97,8 @@ def write_cv_sweep(root: Path, logits: torch.Tensor, targets: torch.Tensor, fold
             w = csv.writer(f)
             w.writerow(["file", "label", *[f"p_{c}" for c in CLASSES]])
             w.writerows([[f"Training/x/{i}.jpg", CLASSES[int(targets[i])], *[f"{p:.6f}" for p in probs[j]]] for j, i in enumerate(idx)])
-        records.append({"trial": k, "name": f"t00-fold{k}", "overrides": {"data.folds": 3, "data.fold": k},
-                        "output_dir": str(run), "state": "completed", "base": "t00", "fold": k})
-    (root / "manifest.json").write_text(json.dumps({"sweep": "cv", "file": "cv.yaml", "metric": "val/acc", "cv": folds, "trials": records}))
+        records.append(TrialRecord(k, f"t00-fold{k}", {"data.folds": 3, "data.fold": k}, str(run), state="completed", base="t00", fold=k))
+    write_manifest(root / "manifest.json", "cv", "cv.yaml", records, {"metric": "val/acc", "cv": folds})
     return root
 
 
