@@ -105,7 +105,7 @@ def calibrate_refit(run_dir: Path, sweep_dir: Path, setting: Optional[str] = Non
         raise BrainMRIError(f"{run.path} has a validation split and its own temperature ({run.calibration}); "
                             "calibrate.py is for refits (data.val_fraction=0)")
     oof = read_out_of_fold(Path(sweep_dir), setting)
-    differences = confidence_differences(cfg, config_from_yaml(RunDir(Path(oof.runs[0])).config))
+    differences = confidence_differences(cfg, oof.config)
     if differences:
         raise BrainMRIError(f"the folds of {sweep_dir} ({oof.setting}) were not trained like {run.path}: " + "; ".join(differences[:4]))
     calibration = fit_temperature_to_probabilities(oof.probs, oof.labels, "cv", f"{sweep_dir} ({oof.setting}, {len(oof.runs)} folds)")

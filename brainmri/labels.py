@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from brainmri.config import config_from_yaml
+from brainmri.config import Config, config_from_yaml
 from brainmri.errors import BrainMRIError
 from brainmri.records import lower_is_better
 from brainmri.rundir import atomic_write_text
@@ -149,8 +149,12 @@ class OutOfFold:
     labels: np.ndarray
     probs: np.ndarray
     class_names: list[str]
-    data_root: str
     runs: list[str]  # the folds' run directories, fold 0 first
+    config: Config  # fold 0's config; the folds differ only in their fold index
+
+    @property
+    def data_root(self) -> str:
+        return self.config.data.root or ""
 
 
 def read_out_of_fold(sweep_dir: Path, setting: Optional[str] = None) -> OutOfFold:
@@ -189,8 +193,8 @@ def read_out_of_fold(sweep_dir: Path, setting: Optional[str] = None) -> OutOfFol
     class_names = [c[2:] for c in rows[0] if c.startswith("p_")]
     labels = np.array([class_names.index(row["label"]) for row in rows])
     probs = np.array([[float(row[f"p_{c}"]) for c in class_names] for row in rows])
-    root = config_from_yaml(Path(mine[0].output_dir) / "config.yaml").data.root or ""
-    return OutOfFold(setting, files, labels, probs, class_names, root, [r.output_dir for r in mine])
+    config = config_from_yaml(Path(mine[0].output_dir) / "config.yaml")
+    return OutOfFold(setting, files, labels, probs, class_names, [r.output_dir for r in mine], config)
 
 
 def write_label_issues(path: Path, issues: Sequence[LabelIssue], class_names: Sequence[str]) -> None:
