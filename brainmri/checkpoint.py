@@ -24,11 +24,11 @@ from torch import nn
 
 from brainmri.calibration import Calibration, write_calibration
 from brainmri.data.datasets import Sample
-from brainmri.distributed import Predictions
+from brainmri.distributed import Predictions, plain_model
 from brainmri.errors import CheckpointError
 from brainmri.records import DatasetInfo, EpochRecord, RunResults, is_better
 from brainmri.rundir import RunDir, atomic_replace, atomic_write_json, atomic_write_text, write_jsonl
-from brainmri.weights import verify_checkpoint_folder
+from brainmri.weights import verify_checkpoint_folder, without_compile_prefix
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class Checkpointer:
     def write_best(self, model: nn.Module, state: TrainState) -> None:
         """The best epoch's weights, from the live model (main process only)."""
         if self.is_main:
-            self._write_weights(self.accelerator.unwrap_model(model).state_dict(), state.best_epoch, state.best_metric)
+            self._write_weights(plain_model(self.accelerator, model).state_dict(), state.best_epoch, state.best_metric)
 
     def _write_weights(self, state_dict: dict, epoch: Optional[int], value: Optional[float]) -> None:
         tmp = self.run.best_weights.with_name(".best.safetensors.tmp")
@@ -172,7 +172,7 @@ class Checkpointer:
 
     def load_best(self, model: nn.Module) -> None:
         self.accelerator.wait_for_everyone()
-        self.accelerator.unwrap_model(model).load_state_dict(load_file(str(self.run.best_weights), device="cpu"))
+        plain_model(self.accelerator, model).load_state_dict(without_compile_prefix(load_file(str(self.run.best_weights), device="cpu")))
 
     def resume(self, state: TrainState) -> bool:
         """Load the newest complete checkpoint into the prepared objects and ``state``.
@@ -215,4 +215,4 @@ class Checkpointer:
         source = self.run.checkpoint(state.best_epoch) / "model.safetensors"
         if not source.exists():
             raise CheckpointError(f"best epoch {state.best_epoch} has no checkpoint at {source}")
-        self._write_weights(load_file(str(source)), state.best_epoch, state.best_metric)
+        self._write_weights(without_compile_prefix(load_file(str(source))), state.best_epoch, state.best_metric)

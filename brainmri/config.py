@@ -141,6 +141,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest complete checkpoints kept (the best one is always kept)
     channels_last: bool = True  # NHWC memory format: faster convolutions on CPUs and tensor cores
     compile: bool = False  # torch.compile the model (first steps are slow while it compiles)
+    collective_timeout: float = 1800.0  # seconds a rank waits in a collective (gloo and NCCL) before failing
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "an integer >= 1", self.epochs)
@@ -154,6 +155,7 @@ class TrainConfig:
         _choice("train.select_metric", self.select_metric, ("val/macro_f1", "val/acc", "val/loss", "last"))
         _choice("train.tta", self.tta, ("none", "hflip"))
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "an integer >= 1", self.keep_checkpoints)
+        _check(self.collective_timeout >= 10, "train.collective_timeout", "seconds >= 10", self.collective_timeout)
 
 
 @dataclass
@@ -247,6 +249,11 @@ class SlurmConfig:
         _check(self.timeout_min >= 1, "slurm.timeout_min", "minutes >= 1", self.timeout_min)
         _check(self.array_parallelism >= 1, "slurm.array_parallelism", "an integer >= 1", self.array_parallelism)
         _check(self.max_requeues >= 0, "slurm.max_requeues", "an integer >= 0", self.max_requeues)
+        if self.gpus_per_node and self.tasks > self.gpus_per_node:
+            raise ConfigError(
+                f"slurm.tasks_per_node={self.tasks} with slurm.gpus_per_node={self.gpus_per_node} puts several ranks on one GPU "
+                "(NCCL stops with 'Duplicate GPU detected'): ask one GPU per task"
+            )
 
     @property
     def tasks(self) -> int:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import lru_cache
 from typing import Callable, Optional, Sequence, TypeVar
 
 import torch
+import torch.distributed as dist
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DataLoaderConfiguration, broadcast_object_list
+from torch import nn
 
 from brainmri.config import TrainConfig
 from brainmri.errors import BrainMRIError
@@ -35,14 +38,25 @@ def no_accelerator() -> bool:
     return not torch.cuda.is_available() and not torch.backends.mps.is_available()
 
 
-def distributed_state() -> PartialState:
-    """Accelerate's process state, created the same way the Trainer's Accelerator will be."""
-    return PartialState(cpu=no_accelerator())
+def distributed_state(collective_timeout: float) -> PartialState:
+    """Accelerate's process state, created the same way the Trainer's Accelerator will be.
+
+    The first call creates the process group (under a launcher), so ``collective_timeout``
+    (seconds, ``train.collective_timeout``) is given here: Accelerate's state is a singleton,
+    and a timeout handed to the Accelerator later would be ignored. It replaces NCCL's
+    10-minute default, which rank 0's first scan of a large dataset can outlast while the
+    other ranks wait in a collective.
+    """
+    return PartialState(cpu=no_accelerator(), timeout=timedelta(seconds=collective_timeout))
 
 
 def default_device() -> torch.device:
-    """This process's device as Accelerate assigns it (its GPU under a launcher, else the CPU)."""
-    return distributed_state().device
+    """This process's device: its GPU when it has one, else the CPU (evaluation, prediction).
+
+    Made without a process group: the tools that call this run one process."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("mps") if torch.backends.mps.is_available() else torch.device("cpu")
 
 
 @lru_cache(maxsize=1)
@@ -58,6 +72,16 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Compute capability 8.0 (Ampere) or newer: bf16 tensor cores.
+
+    ``torch.cuda.is_bf16_supported()`` also says yes on a V100 or T4, where bf16 is emulated
+    and slow; those get fp16 with a loss scaler instead.
+    """
+    major, _ = torch.cuda.get_device_capability(device)
+    return major >= 8
+
+
 def resolve_precision(requested: str, device: torch.device) -> str:
     """``auto``: bf16 on GPUs and CPUs with bf16 units, fp16 (scaled) on older GPUs, else fp32.
 
@@ -70,7 +94,7 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     if requested != "auto":
         return requested
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cuda_has_native_bf16(device) else "fp16"
     if device.type == "cpu":
         return "bf16" if cpu_has_native_bf16() else "no"
     return "no"
@@ -78,7 +102,7 @@ def resolve_precision(requested: str, device: torch.device) -> str:
 
 def make_accelerator(train: TrainConfig) -> Accelerator:
     """The one Accelerator of a process, configured from ``train.*``."""
-    state = distributed_state()
+    state = distributed_state(train.collective_timeout)
     on_gpu = state.device.type == "cuda"
     return Accelerator(
         cpu=no_accelerator(),
@@ -124,24 +148,55 @@ def on_main(accelerator: Accelerator, fn: Callable[[], T]) -> T:
     return value
 
 
+def plain_model(accelerator: Accelerator, model: nn.Module) -> nn.Module:
+    """The user's module inside every wrapper: DDP, Accelerate's autocast, ``torch.compile``.
+
+    Its ``state_dict`` keys are the architecture's own, so weights saved from it load into
+    an uncompiled model. Accelerate's unwrap does not reach a compiled module inside DDP
+    (``DDP(compiled)``, the order ``train.compile`` prepares in), so the compile wrapper is
+    removed here too.
+    """
+    model = accelerator.unwrap_model(model, keep_fp32_wrapper=False, keep_torch_compile=False)
+    while isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+        model = model._orig_mod
+    return model
+
+
+def host_group(collective_timeout: float) -> Optional[dist.ProcessGroup]:
+    """A gloo process group over every rank, for small host-side flags.
+
+    ``None`` (the default group) when that is gloo already. Under NCCL, a flag shared through
+    the default group lives on the GPU, and reading it back makes the host wait for every
+    queued kernel: the host could never run ahead of the device.
+    """
+    if dist.get_backend() == "gloo":
+        return None
+    return dist.new_group(backend="gloo", timeout=timedelta(seconds=collective_timeout))
+
+
 class StopSignal:
     """A stop request (a signal handler sets the event on any rank) that all ranks obey together.
 
     Only one rank may have seen the signal, so the flag is shared with a collective; every
-    rank asks at the same points, so none is left waiting in another collective.
+    rank asks at the same points, so none is left waiting in another collective. The flag is
+    a CPU tensor reduced over gloo (:func:`host_group`): no device tensor, no host sync.
     """
 
-    def __init__(self, accelerator: Accelerator, event: Optional[threading.Event]):
+    def __init__(self, accelerator: Accelerator, event: Optional[threading.Event], collective_timeout: float = 1800.0):
         self.accelerator = accelerator
         self.event = event
+        self.group = None
+        if event is not None and accelerator.num_processes > 1:
+            self.group = host_group(collective_timeout)
 
     def requested(self) -> bool:
         if self.event is None:
             return False
         if self.accelerator.num_processes == 1:
-            return self.event.is_set()  # no device tensor: reading one back would stall a GPU every step
-        flag = torch.tensor([1.0 if self.event.is_set() else 0.0], device=self.accelerator.device)
-        return float(self.accelerator.reduce(flag, reduction="sum")) > 0
+            return self.event.is_set()
+        flag = torch.tensor([1 if self.event.is_set() else 0], dtype=torch.int32)  # host memory
+        dist.all_reduce(flag, op=dist.ReduceOp.SUM, group=self.group)
+        return int(flag.item()) > 0
 
 
 @dataclass

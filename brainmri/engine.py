@@ -25,7 +25,9 @@ from brainmri import config as config_lib
 from brainmri.checkpoint import Checkpointer, TrainState, WeightsLabel
 from brainmri.config import Config
 from brainmri.calibration import calibrated_metrics, fit_temperature
-from brainmri.distributed import PredictionBuffer, Predictions, StopSignal, TrainingInterrupted, make_accelerator, on_main
+from brainmri.distributed import (
+    PredictionBuffer, Predictions, StopSignal, TrainingInterrupted, make_accelerator, on_main, plain_model,
+)
 from brainmri.metrics import classification_metrics
 from brainmri.models import check_pretrained_source, count_parameters
 from brainmri.optim import fast_forward
@@ -76,7 +78,7 @@ class Trainer:
             log.info("pretrained %s weights from %s", cfg.model.name, source)
         self.prepared: PreparedRun = prepare_run(cfg, acc)
         self.training: Training = build_training(cfg, acc, self.prepared.splits, self.prepared.info)
-        self.stop = StopSignal(acc, self.stop_event)
+        self.stop = StopSignal(acc, self.stop_event, cfg.train.collective_timeout)
         label = WeightsLabel(cfg.train.select_metric, cfg.model.name, config_lib.to_yaml(cfg), self.prepared.info)
         self.checkpointer = Checkpointer(acc, self.prepared.run, label, cfg.train.keep_checkpoints)
         if self.prepared.mode == "resume" and self.checkpointer.resume(self.state):
@@ -86,7 +88,7 @@ class Trainer:
             acc, self.prepared.run, cfg.tracking, cfg.figures, self.wandb_mode, self.show_progress, cfg.train.select_metric
         )
         self.reporter.open(config_lib.to_dict(cfg))
-        parameters = count_parameters(acc.unwrap_model(self.model))
+        parameters = count_parameters(plain_model(acc, self.model))
         self.reporter.describe(cfg.model.name, parameters, self.prepared.splits)
         if self.state.epoch == 0:
             self.reporter.start(self.prepared.splits, self.prepared.info, cfg.data, cfg.augment, cfg.seed)
@@ -229,5 +231,6 @@ class Trainer:
             raise TrainingInterrupted(f"stop requested at step {self.state.step}; resume continues after epoch {self.state.epoch}")
 
     def _plain_model(self) -> nn.Module:
-        # Without Accelerate's autocast wrapper: Grad-CAM reads activations as fp32 numpy arrays.
-        return self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False, keep_torch_compile=False)
+        # Without Accelerate's autocast wrapper or the compile wrapper: Grad-CAM reads
+        # activations as fp32 numpy arrays through hooks on the model's own layers.
+        return plain_model(self.accelerator, self.model)

@@ -45,11 +45,23 @@ def safe_torch_load(path: Path) -> Any:
         raise _refuse(path, e) from None
 
 
+COMPILE_PREFIX = "_orig_mod."
+
+
+def without_compile_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The keys of a ``torch.compile``'d model's state dict as the plain model names them.
+
+    Weights that compiled runs wrote before the fix (and Accelerate checkpoints of
+    compiled models) carry ``_orig_mod.`` in every key; the architecture has no such prefix.
+    """
+    return {k.replace(COMPILE_PREFIX, "", 1) if k.startswith(COMPILE_PREFIX) else k: v for k, v in state.items()}
+
+
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A model state dict from ``.safetensors`` or a torch file, refusing pickled code.
 
     Wrapped dicts that training libraries write (``{"state_dict": ...}``, ``{"model": ...}``)
-    are unwrapped.
+    are unwrapped, and so are the keys of a compiled model (:func:`without_compile_prefix`).
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -58,7 +70,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path), device="cpu")
+            return without_compile_prefix(load_file(str(path), device="cpu"))
         except Exception as e:  # a truncated or foreign file: one line is enough
             raise CheckpointError(f"cannot read {path} as safetensors: {str(e).splitlines()[0]}") from None
     obj = safe_torch_load(path)
@@ -67,7 +79,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} holds no state dict of tensors")
-    return obj
+    return without_compile_prefix(obj)
 
 
 def verify_checkpoint_folder(folder: Path) -> None:

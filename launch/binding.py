@@ -8,6 +8,12 @@ task (Lightning #16828, ignite #3259). :func:`bind_task` works out the physical 
 what the task can see and narrows ``CUDA_VISIBLE_DEVICES`` to it, so every task drives
 exactly one GPU as ``cuda:0`` whatever the binding style.
 
+A GPU task therefore exports ``LOCAL_RANK=0`` and ``LOCAL_WORLD_SIZE=1``, whatever SLURM's
+local id: Accelerate uses ``LOCAL_RANK`` as a device index three times (``set_device``,
+DDP's ``device_ids`` and the NCCL barrier's ``device_ids``), and in a task that sees one
+GPU the only valid index is 0. SLURM's local id stays in :class:`TaskBinding` for the log.
+CPU tasks keep SLURM's local rank: gloo uses it for nothing but thread counts.
+
 The port comes from the job id, in 20000-31999 (below Linux's ephemeral range): jobs
 sharing a node have different ids and so different ports. An inherited ``MASTER_PORT``
 (sbatch exports the submitting shell's environment) is ignored for that reason.
@@ -47,13 +53,14 @@ class TaskBinding:
 
     def environment(self) -> dict[str, str]:
         """The variables torch.distributed and Accelerate read, for this task."""
+        one_gpu = self.gpu is not None  # the task's one visible GPU is device 0 (see the module docstring)
         env = {
             "MASTER_ADDR": self.master_addr,
             "MASTER_PORT": str(self.master_port),
             "RANK": str(self.rank),
             "WORLD_SIZE": str(self.world_size),
-            "LOCAL_RANK": str(self.local_rank),
-            "LOCAL_WORLD_SIZE": str(self.local_world_size),
+            "LOCAL_RANK": "0" if one_gpu else str(self.local_rank),
+            "LOCAL_WORLD_SIZE": "1" if one_gpu else str(self.local_world_size),
             "GROUP_RANK": str(self.node_rank),
         }
         if self.gpu is not None:
@@ -83,21 +90,23 @@ def visible_gpus(value: Optional[str]) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def pick_gpu(local_rank: int, local_world_size: int, visible: Sequence[str], node: str) -> str:
-    """The physical GPU of a task from what it sees.
+def pick_gpu(local_rank: int, local_world_size: int, visible: Sequence[str], node_gpus: int, node: str) -> str:
+    """The physical GPU of a task from what it sees and how many GPUs its node was given.
 
-    One id: SLURM bound one GPU to this task; use it whatever the local rank. As many ids
-    as tasks on the node, or more: every task sees the node's GPUs; take the local rank's.
-    Fewer: two tasks would share a GPU, which is never what was asked for.
+    The node must have a GPU for every task (``node_gpus``: ``SLURM_GPUS_ON_NODE``, else the
+    request): two ranks on one GPU stop NCCL with "Duplicate GPU detected". Then one visible
+    id means SLURM bound one GPU to this task (use it whatever the local rank); as many ids
+    as tasks, or more, means every task sees the node's GPUs (take the local rank's).
     """
-    if len(visible) == 1:
-        return visible[0]
-    if local_rank < len(visible) and len(visible) >= local_world_size:
-        return visible[local_rank]
+    if node_gpus >= local_world_size:
+        if len(visible) == 1:
+            return visible[0]
+        if local_rank < len(visible) and len(visible) >= local_world_size:
+            return visible[local_rank]
     raise BrainMRIError(
-        f"node {node}: task with local rank {local_rank} of {local_world_size} sees "
-        f"CUDA_VISIBLE_DEVICES={','.join(visible) or '(none)'}; ask one GPU per task "
-        f"(slurm.gpus_per_node={local_world_size}) or fewer tasks (slurm.tasks_per_node={len(visible) or 1})"
+        f"node {node}: {local_world_size} task(s) would share {node_gpus} GPU(s) (task with local rank {local_rank} "
+        f"sees CUDA_VISIBLE_DEVICES={','.join(visible) or '(none)'}); ask one GPU per task "
+        f"(slurm.gpus_per_node={local_world_size}) or fewer tasks (slurm.tasks_per_node={max(1, min(node_gpus, len(visible)))})"
     )
 
 
@@ -118,8 +127,8 @@ def bind_task(environ: Mapping[str, str], hostnames: Sequence[str], gpus_per_nod
     local_world_size = world_size // num_nodes
     gpu = None
     if gpus_per_node > 0:
-        gpu = pick_gpu(local_rank, local_world_size, visible_gpus(environ.get("CUDA_VISIBLE_DEVICES")) or
-                       [str(i) for i in range(gpus_per_node)], node)
+        visible = visible_gpus(environ.get("CUDA_VISIBLE_DEVICES")) or [str(i) for i in range(gpus_per_node)]
+        gpu = pick_gpu(local_rank, local_world_size, visible, number("SLURM_GPUS_ON_NODE", gpus_per_node), node)
     threads = number("SLURM_CPUS_PER_TASK", 0) or None
     if "OMP_NUM_THREADS" in environ:
         threads = None  # the user chose; keep it
@@ -156,5 +165,6 @@ def planned_environments(nodes: int, tasks_per_node: int, cpus_per_task: int, gp
             if gpus_per_node:
                 ids = [str(local % gpus_per_node)] if one_gpu_per_task else [str(i) for i in range(gpus_per_node)]
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
+                env["SLURM_GPUS_ON_NODE"] = str(gpus_per_node)
             out.append((env, hostnames))
     return out

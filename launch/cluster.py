@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 import submitit
 
 import cli
-from binding import TaskBinding, bind_task
+from binding import TaskBinding, bind_task, pick_gpu, visible_gpus
 from brainmri.config import SlurmConfig
 from brainmri.errors import BrainMRIError
 
@@ -94,10 +94,15 @@ def task_binding(env: submitit.JobEnvironment, gpus_per_node: int) -> TaskBindin
     if env.cluster == "slurm":
         return bind_task(os.environ, env.hostnames, gpus_per_node)
     dist = submitit.helpers.TorchDistributedEnvironment()
+    gpu = None
+    if gpus_per_node:
+        # submitit's local executor shows every task all of the job's GPUs (its visible_gpus).
+        visible = visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES")) or [str(i) for i in range(gpus_per_node)]
+        gpu = pick_gpu(dist.local_rank, dist.local_world_size, visible, gpus_per_node, env.hostname)
     return TaskBinding(
         rank=dist.rank, world_size=dist.world_size, local_rank=dist.local_rank, local_world_size=dist.local_world_size,
         node_rank=env.node, num_nodes=env.num_nodes, node=env.hostname, master_addr=dist.master_addr,
-        master_port=dist.master_port, gpu=str(dist.local_rank) if gpus_per_node else None, threads=None,
+        master_port=dist.master_port, gpu=gpu, threads=None,
     )
 
 

@@ -49,7 +49,7 @@ def train(cfg: Config, stop_event: Optional[threading.Event] = None) -> int:
     from brainmri.engine import Trainer
     from brainmri.tracking import resolve_mode
 
-    is_main = distributed_state().is_main_process
+    is_main = distributed_state(cfg.train.collective_timeout).is_main_process
     setup_logging(is_main)
     if is_main:
         print_config(config_lib.to_yaml(cfg))

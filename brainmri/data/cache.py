@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -139,18 +139,33 @@ def open_or_build(root: Path, samples: Sequence[Sample], size: int, channels: in
 
 
 class CachedDataset(Dataset):
-    """uint8 (C, S, S) tensors straight from the cache; augmentation happens per batch."""
+    """uint8 (C, S, S) tensors straight from the cache; augmentation happens per batch.
+
+    Loader workers map the cache file themselves: pickled (workers started by ``spawn`` or
+    ``forkserver``, Python 3.14's default on Linux), a memmap would travel as a full copy
+    of its data, one per worker. Only the file's path and the row numbers travel.
+    """
 
     def __init__(self, cache: ImageCache, samples: Sequence[Sample]):
-        self.cache = cache
+        self.path = cache.path
         self.rows = [cache.rows[s.path] for s in samples]
         self.labels = [s.label for s in samples]
+        self._array: Optional[np.ndarray] = cache.array
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            self._array = np.load(self.path, mmap_mode="r")
+        return self._array
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_array": None}
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int):
-        return torch.from_numpy(np.array(self.cache.array[self.rows[index]])), self.labels[index]
+        return torch.from_numpy(np.array(self.array[self.rows[index]])), self.labels[index]
 
 
 def resident_fits(nbytes: int, device: torch.device, fraction: float = 0.25) -> bool:

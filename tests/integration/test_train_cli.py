@@ -352,3 +352,30 @@ def test_resumes_a_run_written_before_the_engine_was_split(tmp_path):
     assert state["step"] == 16 and [r["epoch"] for r in state["history"]] == [1, 2]
     assert json.loads((out / "results.json").read_text())["test/size"] == 40
     assert "differs from" in proc.stderr and "train.epochs" in proc.stderr  # extended on purpose, and said so
+
+
+def test_compiled_ddp_run_writes_weights_that_evaluate_loads(tmp_path):
+    """train.compile=true under 2-process DDP: the model is DDP(compiled); its best weights,
+    Grad-CAM and the checkpoint's repair all see the plain model's keys, and evaluate.py and
+    predict.py load best.safetensors (they refused ``_orig_mod.`` keys before)."""
+    from safetensors import safe_open
+
+    root = make_dataset(tmp_path / "data", train_per_class=6, test_per_class=2, size=40)
+    out = tmp_path / "run"
+    proc = run_script(
+        [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", TRAIN,
+         *fast_overrides(root, out, epochs=1), "train.compile=true"],
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with safe_open(str(out / "best.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert keys and not any("_orig_mod" in k or k.startswith("module.") for k in keys), keys[:3]
+    assert (out / "figures" / "gradcam.png").is_file()
+    evaluated = run_script(python(str(REPO / "launch" / "evaluate.py"), f"run={out}", f"data.root={root}"))
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    image = next((root / "Testing").rglob("*.jpg"))
+    predicted = run_script(python(str(REPO / "launch" / "predict.py"), f"checkpoint={out / 'best.safetensors'}", str(image),
+                                "--out", str(tmp_path / "predictions")))
+    assert predicted.returncode == 0, predicted.stderr[-2000:]

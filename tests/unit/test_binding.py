@@ -22,10 +22,12 @@ HOSTS = ["gpu01", "gpu02"]
 
 
 def test_one_gpu_bound_per_task_is_device_zero_whatever_the_local_rank():
-    """--gpus-per-task=1 / --gpu-bind: CUDA_VISIBLE_DEVICES holds one id; LOCAL_RANK=3 must not mean cuda:3."""
+    """--gpus-per-task=1 / --gpu-bind: CUDA_VISIBLE_DEVICES holds one id; SLURM's local id 3 must not
+    reach Accelerate as LOCAL_RANK=3 (it would hand DDP device_ids=[3] in a task with one GPU)."""
     b = binding.bind_task(task_env(3, 3, 0, CUDA_VISIBLE_DEVICES="5"), HOSTS, gpus_per_node=4)
     assert (b.gpu, b.device, b.local_rank) == ("5", "cuda:0", 3)
-    assert b.environment()["CUDA_VISIBLE_DEVICES"] == "5" and b.environment()["LOCAL_RANK"] == "3"
+    env = b.environment()
+    assert (env["CUDA_VISIBLE_DEVICES"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"]) == ("5", "0", "1")
 
 
 def test_every_gpu_visible_takes_the_local_ranks_gpu_and_narrows_to_it():
@@ -40,9 +42,29 @@ def test_no_cuda_visible_devices_falls_back_to_the_local_rank():
 
 
 def test_fewer_gpus_than_tasks_is_an_error_naming_the_keys():
-    with pytest.raises(BrainMRIError, match=r"node gpu01: task with local rank 3 of 4 sees CUDA_VISIBLE_DEVICES=0,1; "
-                                            r"ask one GPU per task \(slurm.gpus_per_node=4\) or fewer tasks \(slurm.tasks_per_node=2\)"):
+    with pytest.raises(BrainMRIError, match=r"node gpu01: 4 task\(s\) would share 4 GPU\(s\) \(task with local rank 3 sees "
+                                            r"CUDA_VISIBLE_DEVICES=0,1\); ask one GPU per task \(slurm.gpus_per_node=4\) "
+                                            r"or fewer tasks \(slurm.tasks_per_node=2\)"):
         binding.bind_task(task_env(3, 3, 0, CUDA_VISIBLE_DEVICES="0,1"), HOSTS, gpus_per_node=4)
+
+
+def test_two_tasks_on_a_node_with_one_gpu_are_refused_not_given_the_same_gpu():
+    """tasks_per_node=2 gpus_per_node=1: both tasks see the one id; NCCL would stop with
+    "Duplicate GPU detected", so the binding refuses, on the node's count and on the request's."""
+    for local in (0, 1):
+        env = task_env(local, local, 0, tasks=2, nodes=1, CUDA_VISIBLE_DEVICES="0", SLURM_GPUS_ON_NODE="1")
+        with pytest.raises(BrainMRIError, match=r"2 task\(s\) would share 1 GPU\(s\).*slurm.tasks_per_node=1"):
+            binding.bind_task(env, HOSTS, gpus_per_node=4)
+        with pytest.raises(BrainMRIError, match=r"would share 1 GPU"):
+            binding.bind_task(task_env(local, local, 0, tasks=2, nodes=1, CUDA_VISIBLE_DEVICES="0"), HOSTS, gpus_per_node=1)
+
+
+def test_a_request_that_shares_gpus_is_refused_before_submission():
+    from brainmri.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"slurm.tasks_per_node=2 with slurm.gpus_per_node=1 puts several ranks on one GPU"):
+        SlurmConfig(gpus_per_node=1, tasks_per_node=2)
+    assert SlurmConfig(gpus_per_node=4, tasks_per_node=2).tasks == 2  # fewer tasks than GPUs is allowed
 
 
 def test_cpu_job_has_no_gpu_and_one_thread_per_cpu():

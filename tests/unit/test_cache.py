@@ -256,3 +256,20 @@ def test_a_lock_held_elsewhere_is_waited_on_with_its_holder_named_then_given_up(
     with open(path, "a+") as mine:  # released: taken at once, and the new holder says who it is
         acquire(mine, timeout=1.0)
         assert path.read_text().endswith(f"pid {os.getpid()}")
+
+
+def test_host_cache_workers_under_forkserver_map_the_file_instead_of_copying_it(tmp_path):
+    """Workers started by forkserver (Python 3.14's default on Linux) or spawn get the dataset
+    pickled: a memmap would travel as a full copy of the cache, once per worker."""
+    import pickle
+
+    from torch.utils.data import DataLoader
+
+    root = make_dataset(tmp_path / "d", train_per_class=6, test_per_class=1, size=64)
+    samples = samples_of(root)
+    cache = open_or_build(root, samples, 64, 3, tmp_path / "cache", workers=2)
+    data = CachedDataset(cache, samples)
+    assert len(pickle.dumps(data)) < cache.array.nbytes / 20  # the path and row numbers, not the pixels
+    loader = DataLoader(data, batch_size=4, num_workers=2, multiprocessing_context="forkserver")
+    images = torch.cat([batch for batch, _ in loader])
+    assert torch.equal(images, torch.stack([data[i][0] for i in range(len(data))]))

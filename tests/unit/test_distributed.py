@@ -3,6 +3,7 @@ and predictions gathered across ranks."""
 
 from __future__ import annotations
 
+import datetime
 import threading
 
 import pytest
@@ -100,9 +101,93 @@ def test_stop_signal_reads_the_event_without_a_device_round_trip_on_one_process(
     assert signal.requested()
 
 
-def test_stop_signal_is_shared_through_a_collective_on_several_processes():
-    class Summing(FakeAccelerator):
-        def reduce(self, tensor, reduction="sum"):
-            return tensor + 1.0  # another rank has seen the signal
+def test_stop_signal_is_a_host_flag_reduced_over_gloo_on_several_processes(monkeypatch):
+    """Under NCCL the flag must not be a device tensor (reading it back would sync the host
+    with the GPU every step): it is a CPU tensor reduced over a gloo side group."""
+    import torch.distributed as dist
 
-    assert StopSignal(Summing(world=2), threading.Event()).requested()
+    reduced, groups = [], []
+
+    def all_reduce(tensor, op=None, group=None):
+        reduced.append((tensor.device.type, group))
+        tensor += 1  # another rank has seen the signal
+
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "nccl")
+    monkeypatch.setattr(dist, "new_group", lambda backend=None, timeout=None: groups.append((backend, timeout)) or "gloo-group")
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+
+    class NoDeviceReduce(FakeAccelerator):
+        def reduce(self, tensor, reduction="sum"):
+            raise AssertionError("the stop flag must not go through the device collective")
+
+    signal = StopSignal(NoDeviceReduce(world=2), threading.Event(), collective_timeout=600)
+    assert groups == [("gloo", datetime.timedelta(seconds=600))]
+    assert signal.requested() and reduced == [("cpu", "gloo-group")]
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "gloo")  # on CPUs the default group is gloo already
+    assert StopSignal(NoDeviceReduce(world=2), threading.Event()).group is None
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 0), "fp16"), ((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")],
+                         ids=["V100", "T4", "A100", "H100"])
+def test_auto_precision_on_a_gpu_follows_its_compute_capability(monkeypatch, capability, expected):
+    """bf16 needs Ampere's tensor cores; torch.cuda.is_bf16_supported() says yes to emulation too."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto", torch.device("cuda", 0)) == expected
+    assert resolve_precision("bf16", torch.device("cuda", 0)) == "bf16"  # asked for explicitly: kept
+
+
+def test_the_collective_timeout_reaches_the_process_group(monkeypatch):
+    """The process group is created by the first PartialState, before the Accelerator: the
+    timeout has to be given there (a timeout given to the Accelerator would be ignored)."""
+    import accelerate
+    from accelerate.state import AcceleratorState
+
+    from brainmri import distributed
+    from brainmri.config import TrainConfig
+
+    seen = {}
+
+    def init_process_group(backend=None, **kwargs):
+        seen.update(backend=backend, **kwargs)
+
+    env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": "29999", "OMP_NUM_THREADS": "1"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(torch.distributed, "init_process_group", init_process_group)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: bool(seen))
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None: 1)
+    AcceleratorState._reset_state(True)
+    try:
+        state = distributed.distributed_state(TrainConfig(collective_timeout=90).collective_timeout)
+        assert isinstance(state, accelerate.PartialState) and state.num_processes == 2
+    finally:
+        AcceleratorState._reset_state(True)
+    assert seen["backend"] == "gloo" and seen["timeout"] == datetime.timedelta(seconds=90)
+
+
+def test_plain_model_reaches_a_compiled_module_inside_ddp(tmp_path):
+    """``train.compile`` prepares as DDP(compiled): Accelerate's unwrap stops at the compile
+    wrapper there, and the weights would carry ``_orig_mod.`` keys that evaluation refuses."""
+    import torch.distributed as dist
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from brainmri.distributed import plain_model
+    from brainmri.weights import without_compile_prefix
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten())
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        wrapped = torch.nn.parallel.DistributedDataParallel(torch.compile(net, backend="eager"))
+        acc = Accelerator(cpu=True)
+        assert any("_orig_mod" in k for k in acc.unwrap_model(wrapped, keep_torch_compile=False).state_dict())
+        assert plain_model(acc, wrapped) is net
+        assert plain_model(acc, torch.compile(net, backend="eager")) is net
+    finally:
+        dist.destroy_process_group()
+        AcceleratorState._reset_state(True)
+    prefixed = {f"_orig_mod.{k}": v for k, v in net.state_dict().items()}  # what such runs wrote
+    assert without_compile_prefix(prefixed).keys() == net.state_dict().keys()
