@@ -29,6 +29,12 @@ def _choice(key: str, value: Any, choices: Sequence[Any]) -> None:
     _check(value in choices, key, "one of " + "|".join(map(str, choices)), value)
 
 
+def has_validation(val_fraction: float, folds: int) -> bool:
+    """Whether Training keeps a validation share: the one rule of the config's check and of the
+    data layer's split (:class:`brainmri.data.splits.SplitRule`)."""
+    return folds > 1 or val_fraction > 0
+
+
 @dataclass
 class DataConfig:
     """Where the images are and how they become tensors."""
@@ -39,11 +45,17 @@ class DataConfig:
     val_fraction: float = 0.1  # 0: no validation share, train on all of Training (the refit after CV chose the recipe)
     on_bad_image: str = "error"  # error: stop with the list; skip: train without them
     num_workers: int = -1  # -1: from the CPUs this process may use
-    pipeline: str = "cached"  # cached: decode once, augment batches on the device; pil: decode + transform every image every epoch
+    pipeline: str = (
+        "cached"  # cached: decode once, augment batches on the device; pil: decode + transform every image every epoch
+    )
     cache_dir: Optional[str] = None  # cached pipeline; None: node-local scratch (set by the launcher)
-    cache_location: str = "auto"  # device: whole cache on the training device, one gather per batch; host: loader workers copy rows; auto: device if it fits in 1/4 of free GPU memory
+    # device: the whole cache on the training device, one gather per batch; host: loader workers
+    # copy rows; auto: device if it fits in a quarter of the GPU's free memory (always on a CPU)
+    cache_location: str = "auto"
     dedup: str = "none"  # train_test: drop test images whose pixels equal a Training image's (leakage)
-    split_groups: str = "near"  # near: pixel copies and perceptual near copies never straddle train/val; exact; none: plain stratified
+    split_groups: str = (
+        "near"  # near: pixel copies and perceptual near copies never straddle train/val; exact; none: plain stratified
+    )
     near_threshold: int = 4  # perceptual-hash bits for split_groups=near (the audit's rule)
     folds: int = 0  # >= 2: k-fold cross-validation of Training; data.fold validates
     fold: int = 0
@@ -54,7 +66,12 @@ class DataConfig:
         _choice("data.cache_location", self.cache_location, ("auto", "device", "host"))
         _check(self.image_size >= 16, "data.image_size", "an integer >= 16", self.image_size)
         _choice("data.channels", self.channels, (1, 3))
-        _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "a fraction in [0, 1) (0: no validation)", self.val_fraction)
+        _check(
+            0.0 <= self.val_fraction < 1.0,
+            "data.val_fraction",
+            "a fraction in [0, 1) (0: no validation)",
+            self.val_fraction,
+        )
         _choice("data.on_bad_image", self.on_bad_image, ("error", "skip"))
         _choice("data.dedup", self.dedup, ("none", "train_test"))
         _choice("data.split_groups", self.split_groups, ("near", "exact", "none"))
@@ -116,7 +133,12 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check(bool(self.name), "model.name", "a model name", self.name)
         if self.widths is not None:
-            _check(len(self.widths) >= 1 and all(w >= 1 for w in self.widths), "model.widths", "a list of positive channel counts", self.widths)
+            _check(
+                len(self.widths) >= 1 and all(w >= 1 for w in self.widths),
+                "model.widths",
+                "a list of positive channel counts",
+                self.widths,
+            )
         if self.fc is not None:
             _check(self.fc >= 1, "model.fc", "an integer >= 1", self.fc)
         if self.in_chans is not None:
@@ -131,12 +153,16 @@ class TrainConfig:
 
     epochs: int = 10
     batch_size: int = 32  # per process
-    mixed_precision: str = "auto"  # auto (bf16 where the hardware has it, fp16 on older GPUs, else no) | no | bf16 | fp16
+    mixed_precision: str = (
+        "auto"  # auto (bf16 where the hardware has it, fp16 on older GPUs, else no) | no | bf16 | fp16
+    )
     grad_accum: int = 1
     grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
     label_smoothing: float = 0.0
     class_weights: bool = False  # weight the loss by inverse class frequency of the train split
-    select_metric: str = "val/macro_f1"  # val/macro_f1 | val/acc | val/loss | last (the final epoch: no validation needed)
+    select_metric: str = (
+        "val/macro_f1"  # val/macro_f1 | val/acc | val/loss | last (the final epoch: no validation needed)
+    )
     tta: str = "none"  # test-time augmentation of the end-of-run validation and test scores: none | hflip
     keep_checkpoints: int = 2  # newest complete checkpoints kept (the best one is always kept)
     channels_last: bool = True  # NHWC memory format: faster convolutions on CPUs and tensor cores
@@ -208,7 +234,12 @@ class FiguresConfig:
     samples_per_class: int = 3  # images per class in the augmentation and Grad-CAM grids
 
     def __post_init__(self) -> None:
-        _check(1 <= self.samples_per_class <= 8, "figures.samples_per_class", "an integer in [1, 8]", self.samples_per_class)
+        _check(
+            1 <= self.samples_per_class <= 8,
+            "figures.samples_per_class",
+            "an integer in [1, 8]",
+            self.samples_per_class,
+        )
 
 
 @dataclass
@@ -251,7 +282,8 @@ class SlurmConfig:
         _check(self.max_requeues >= 0, "slurm.max_requeues", "an integer >= 0", self.max_requeues)
         if self.gpus_per_node and self.tasks > self.gpus_per_node:
             raise ConfigError(
-                f"slurm.tasks_per_node={self.tasks} with slurm.gpus_per_node={self.gpus_per_node} puts several ranks on one GPU "
+                f"slurm.tasks_per_node={self.tasks} with slurm.gpus_per_node={self.gpus_per_node} "
+                "puts several ranks on one GPU "
                 "(NCCL stops with 'Duplicate GPU detected'): ask one GPU per task"
             )
 
@@ -288,16 +320,15 @@ class Config:
             )
         if not self.has_validation and self.train.select_metric != "last":
             raise ConfigError(
-                f"data.val_fraction=0 leaves no validation to choose epochs by train.select_metric={self.train.select_metric}: "
+                "data.val_fraction=0 leaves no validation to choose epochs by "
+                f"train.select_metric={self.train.select_metric}: "
                 "set train.select_metric=last"
             )
 
     @property
     def has_validation(self) -> bool:
-        """False for a refit on all of Training (data.val_fraction=0, no folds); the split's own rule."""
-        from brainmri.data.datasets import split_rule  # here, so that reading a config does not import torch
-
-        return split_rule(self.data, self.seed).has_validation
+        """False for a refit on all of Training (data.val_fraction=0, no folds): the split's own rule."""
+        return has_validation(self.data.val_fraction, self.data.folds)
 
     @property
     def in_chans(self) -> int:

@@ -9,7 +9,10 @@ a metric improves lives here too.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    import torch
 
 SELECT_METRICS = ("val/macro_f1", "val/acc", "val/loss", "last")
 _VAL_FIELDS = ("val_loss", "val_acc", "val_macro_f1")
@@ -47,7 +50,17 @@ class DatasetInfo:
     dedup: str = "none"
     train_test_leaks: int = 0  # test images with a Training twin (dropped from test when dedup=train_test)
 
-    _ORDER = ("class_names", "counts", "bad_images", "dedup", "train_test_leaks", "image_size", "channels", "mean", "std")
+    _ORDER = (
+        "class_names",
+        "counts",
+        "bad_images",
+        "dedup",
+        "train_test_leaks",
+        "image_size",
+        "channels",
+        "mean",
+        "std",
+    )
 
     def to_json(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in self._ORDER}
@@ -105,8 +118,11 @@ class EpochRecord:
 
     def to_json(self) -> dict[str, Any]:
         optional = ("gpu_mem_peak_gb",) + _VAL_FIELDS
-        return {key: getattr(self, name) for name, key in _EPOCH_KEYS.items()
-                if not (name in optional and getattr(self, name) is None)}
+        return {
+            key: getattr(self, name)
+            for name, key in _EPOCH_KEYS.items()
+            if not (name in optional and getattr(self, name) is None)
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "EpochRecord":
@@ -144,7 +160,7 @@ class RunResults:
     world_size: int
     mixed_precision: str
     best_val: dict[str, float]  # the best epoch's val/* metrics (empty without validation)
-    test: Optional[dict[str, Any]] = None  # brainmri.metrics.classification_metrics of the test split
+    test: Optional[dict[str, Any]] = None  # brainmri.scoring.metrics.classification_metrics of the test split
     test_size: int = 0
     tta: str = "none"  # the test-time augmentation of the final validation and test scores
 
@@ -164,3 +180,12 @@ class RunResults:
             out.update(self.test)
             out["test/size"] = self.test_size
         return out
+
+
+@dataclass
+class Predictions:
+    """One split's model outputs, each sample exactly once, in dataset index order."""
+
+    logits: torch.Tensor  # (N, C)
+    targets: torch.Tensor  # (N,)
+    losses: torch.Tensor  # (N,) per-sample loss

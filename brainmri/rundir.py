@@ -189,7 +189,16 @@ def check_output_dir(path: Path, resume: str, overwrite: bool) -> str:
 def clear_run(path: Path) -> None:
     """Remove the artefacts of a previous run (``overwrite=true``); other files stay."""
     run = RunDir(path)
-    for p in (run.config, run.split, run.dataset, run.metrics, run.results, run.best_weights, run.bad_images, run.leaks):
+    for p in (
+        run.config,
+        run.split,
+        run.dataset,
+        run.metrics,
+        run.results,
+        run.best_weights,
+        run.bad_images,
+        run.leaks,
+    ):
         p.unlink(missing_ok=True)
     for p in (run.checkpoints, path / "figures"):
         shutil.rmtree(p, ignore_errors=True)

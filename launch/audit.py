@@ -22,8 +22,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import cli
+from brainmri import shell
 from brainmri.errors import BrainMRIError
+
+RECIPES = shell.recipes_beside(__file__)
 
 
 def near_threshold(value: str) -> int:
@@ -32,19 +34,24 @@ def near_threshold(value: str) -> int:
     return int(value)
 
 
-FLAGS = [cli.Flag("--near-threshold", "N", near_threshold, 4), cli.Flag("--out", "DIR", Path, Path(".")),
-         cli.Flag("--setting", "NAME", str, None), cli.Flag("--top", "N", cli.whole_number(1), 24)]
+FLAGS = [
+    shell.Flag("--near-threshold", "N", near_threshold, 4),
+    shell.Flag("--out", "DIR", Path, Path(".")),
+    shell.Flag("--setting", "NAME", str, None),
+    shell.Flag("--top", "N", shell.whole_number(1), 24),
+]
 
 
-def labels(args: cli.Args) -> int:
+def labels(args: shell.Args) -> int:
     """Label issues of a cross-validation sweep's out-of-fold predictions."""
     import numpy as np
     from rich.table import Table
 
-    from brainmri import figures
-    from brainmri.console import console
-    from brainmri.data.datasets import load_image, resolve_root
-    from brainmri.labels import rank_label_issues, read_out_of_fold, write_label_issues
+    from brainmri.data.samples import resolve_root
+    from brainmri.data.scan import load_image
+    from brainmri.evaluation.labels import rank_label_issues, read_out_of_fold, write_label_issues
+    from brainmri.reporting import figures
+    from brainmri.reporting.console import console
 
     if len(args.positional) != 2:
         raise BrainMRIError("usage: python launch/audit.py labels SWEEP_DIR [--setting NAME] [--top N] [--out DIR]")
@@ -53,7 +60,9 @@ def labels(args: cli.Args) -> int:
     issues = rank_label_issues(oof.files, oof.labels, oof.probs)
     counts = np.bincount(oof.labels, minlength=len(names))
     flagged = np.bincount([i.given for i in issues], minlength=len(names))
-    summary = Table(title=f"{len(issues)} label issue(s) among {len(oof.files)} Training images (setting {oof.setting})")
+    summary = Table(
+        title=f"{len(issues)} label issue(s) among {len(oof.files)} Training images (setting {oof.setting})"
+    )
     for column in ("given label", "images", "flagged", "share"):
         summary.add_column(column, justify="left" if column == "given label" else "right")
     for k, name in enumerate(names):
@@ -63,7 +72,13 @@ def labels(args: cli.Args) -> int:
     for column in ("file", "given", "suggested", "p(given)", "p(suggested)"):
         top.add_column(column, overflow="fold")
     for issue in issues[: args["--top"]]:
-        top.add_row(issue.file, names[issue.given], names[issue.suggested], f"{issue.self_confidence:.3f}", f"{issue.suggested_prob:.3f}")
+        top.add_row(
+            issue.file,
+            names[issue.given],
+            names[issue.suggested],
+            f"{issue.self_confidence:.3f}",
+            f"{issue.suggested_prob:.3f}",
+        )
     console.print(top)
     out.mkdir(parents=True, exist_ok=True)
     write_label_issues(out / "label_issues.csv", issues, names)
@@ -72,14 +87,18 @@ def labels(args: cli.Args) -> int:
         root = resolve_root(oof.data_root)
         shown = issues[: args["--top"]]
         images = [np.asarray(load_image(root / i.file, 1).resize((160, 160))) for i in shown]
-        captions = [f"{names[i.given]} → {names[i.suggested]} ({i.suggested_prob:.0%})\n{Path(i.file).name[:28]}" for i in shown]
-        figures.save_figure(figures.label_issue_grid(images, captions, "label suspects: given → suggested"), out / "label_issues.png")
+        captions = [
+            f"{names[i.given]} → {names[i.suggested]} ({i.suggested_prob:.0%})\n{Path(i.file).name[:28]}" for i in shown
+        ]
+        figures.save_figure(
+            figures.label_issue_grid(images, captions, "label suspects: given → suggested"), out / "label_issues.png"
+        )
         written.append(out / "label_issues.png")
     console.print(f"wrote {', '.join(map(str, written))}")
     return 0
 
 
-def command(args: cli.Args) -> int:
+def command(args: shell.Args) -> int:
     if args.positional[:1] == ["labels"]:
         return labels(args)
     if args.positional:
@@ -87,13 +106,13 @@ def command(args: cli.Args) -> int:
     from rich.table import Table
 
     from brainmri import config as config_lib
-    from brainmri.audit import audit
-    from brainmri.console import console
-    from brainmri.data.datasets import CLASS_NAMES, resolve_root
     from brainmri.data.loaders import auto_workers
+    from brainmri.data.samples import CLASS_NAMES, resolve_root
+    from brainmri.evaluation.audit import audit
+    from brainmri.reporting.console import console
     from brainmri.rundir import atomic_write_json
 
-    cfg = config_lib.load_config(args.settings, cli.RECIPES, schema=config_lib.AuditConfig)
+    cfg = config_lib.load_config(args.settings, RECIPES, schema=config_lib.AuditConfig)
     threshold, out = args["--near-threshold"], args["--out"]
     root = resolve_root(cfg.data.root)
     if out.resolve() == root or root in out.resolve().parents:
@@ -113,21 +132,40 @@ def command(args: cli.Args) -> int:
     console.print(f"{len(sizes)} distinct sizes; most common: " + ", ".join(f"{s} ({n})" for s, n in sizes[:5]))
     console.print("modes: " + ", ".join(f"{m} ({n})" for m, n in report["modes"].items()))
     if report["unreadable"]:
-        console.print(f"[bold red]{len(report['unreadable'])} unreadable[/]: " + "; ".join(f"{p}: {r}" for p, r in list(report["unreadable"].items())[:5]))
+        console.print(
+            f"[bold red]{len(report['unreadable'])} unreadable[/]: "
+            + "; ".join(f"{p}: {r}" for p, r in list(report["unreadable"].items())[:5])
+        )
     s = report["summary"]
     dup = Table(title=f"duplicates (near: perceptual hash within {threshold} bits)", show_header=False)
-    dup.add_row("exact groups (same decoded pixels)", str(s["exact_groups"]), f"{s['exact_duplicate_images']} redundant images")
+    dup.add_row(
+        "exact groups (same decoded pixels)", str(s["exact_groups"]), f"{s['exact_duplicate_images']} redundant images"
+    )
     dup.add_row("  within each split", ", ".join(f"{k} {v}" for k, v in s["exact_groups_within"].items()), "")
     dup.add_row("  across Training/Testing", str(s["exact_groups_across_splits"]), "")
-    dup.add_row("near-duplicate groups (re-encoded, resized...)", str(s["near_groups"]), f"{s['near_groups_across_splits']} across splits")
+    dup.add_row(
+        "near-duplicate groups (re-encoded, resized...)",
+        str(s["near_groups"]),
+        f"{s['near_groups_across_splits']} across splits",
+    )
     dup.add_row("groups whose labels disagree", str(s["label_conflicts"]), "")
     console.print(dup)
     if "test" in report["counts"]:
         n_test = sum(report["counts"]["test"].values())
         leak = Table(title="Training/Testing leakage", show_header=False)
-        leak.add_row("test images byte-identical to a Training image", str(s["test_images_byte_identical_to_training"]), f"of {n_test}")
-        leak.add_row("test images with the same pixels as a Training image", str(s["test_images_pixel_identical_to_training"]), "data.dedup=train_test drops these")
-        leak.add_row("test images with an exact or near copy in Training", str(s["test_images_near_duplicate_of_training"]), "")
+        leak.add_row(
+            "test images byte-identical to a Training image",
+            str(s["test_images_byte_identical_to_training"]),
+            f"of {n_test}",
+        )
+        leak.add_row(
+            "test images with the same pixels as a Training image",
+            str(s["test_images_pixel_identical_to_training"]),
+            "data.dedup=train_test drops these",
+        )
+        leak.add_row(
+            "test images with an exact or near copy in Training", str(s["test_images_near_duplicate_of_training"]), ""
+        )
         console.print(leak)
     for conflict in report["label_conflicts"][:5]:
         console.print(f"[yellow]label conflict[/] {conflict['labels']}: {', '.join(conflict['files'][:4])}")
@@ -138,4 +176,4 @@ def command(args: cli.Args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(command, sys.argv[1:], FLAGS, positional=True))
+    sys.exit(shell.run(command, sys.argv[1:], FLAGS, positional=True))

@@ -15,13 +15,15 @@ CPU cores without bf16 units; raise --steps and --rounds for tighter figures.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
-import cli
+from brainmri import shell
 from brainmri.errors import BrainMRIError
 
+RECIPES = shell.recipes_beside(__file__)
 PIPELINES = ("cached", "pil")
 
 
@@ -34,43 +36,56 @@ def pipelines(value: str) -> tuple[str, ...]:
 
 
 FLAGS = [
-    cli.Flag("--json"),
-    cli.Flag("--pipelines", "cached,pil", pipelines, ("cached",)),
-    cli.Flag("--steps", "N", cli.whole_number(1), 2),
-    cli.Flag("--warmup", "N", cli.whole_number(0), 1),
-    cli.Flag("--rounds", "N", cli.whole_number(1), 2),
+    shell.Flag("--json"),
+    shell.Flag("--pipelines", "cached,pil", pipelines, ("cached",)),
+    shell.Flag("--steps", "N", shell.whole_number(1), 2),
+    shell.Flag("--warmup", "N", shell.whole_number(0), 1),
+    shell.Flag("--rounds", "N", shell.whole_number(1), 2),
 ]
 
 
 def show(result: dict, chosen: Sequence[str]) -> None:
     from rich.table import Table
 
-    from brainmri.console import console
+    from brainmri.reporting.console import console
 
     bf16 = "native bf16" if result["cpu_native_bf16"] else "no native bf16"
-    table = Table(title=f"{result['model']} {result['image_size']}px, batch {result['batch_size']}, {result['precision']} "
-                        f"on {result['device']} ({result['cpu']}, {bf16})")
+    table = Table(
+        title=f"{result['model']} {result['image_size']}px, batch {result['batch_size']}, {result['precision']} "
+        f"on {result['device']} ({result['cpu']}, {bf16})"
+    )
     for column in ("pipeline", "pipeline img/s", "model img/s", "train img/s", "train/model"):
         table.add_column(column, justify="right" if column != "pipeline" else "left")
     for p in chosen:
         r = result[p]
-        table.add_row(p, f"{r['pipeline_img_s']:.1f}", f"{r['model_img_s']:.2f}", f"{r['train_img_s']:.2f}", f"{r['ratio']:.3f}")
+        table.add_row(
+            p, f"{r['pipeline_img_s']:.1f}", f"{r['model_img_s']:.2f}", f"{r['train_img_s']:.2f}", f"{r['ratio']:.3f}"
+        )
     console.print(table)
-    extras = [f"cache build {result['cache_build_s']} s" if "cache_build_s" in result else "",
-              f"cache on the device ({result['cache_upload_s']} s to load)" if result.get("cache_on_device") else "",
-              f"one pil epoch ~{result['pil_epoch_s']} s" if "pil_epoch_s" in result else "", f"peak RSS {result['peak_rss_mb']} MB"]
+    extras = [
+        f"cache build {result['cache_build_s']} s" if "cache_build_s" in result else "",
+        f"cache on the device ({result['cache_upload_s']} s to load)" if result.get("cache_on_device") else "",
+        f"one pil epoch ~{result['pil_epoch_s']} s" if "pil_epoch_s" in result else "",
+        f"peak RSS {result['peak_rss_mb']} MB",
+    ]
     console.print(", ".join(e for e in extras if e))
 
 
-def command(args: cli.Args) -> int:
-    from brainmri.bench import run_benchmark
-    from brainmri.console import console
+def command(args: shell.Args) -> int:
+    from brainmri.reporting.console import console
+    from brainmri.training.bench import run_benchmark
 
-    cfg = cli.load_run_config(args.settings)
+    cfg = shell.load_run_config(args.settings, RECIPES, os.environ)
     Path(cfg.data.cache_dir).mkdir(parents=True, exist_ok=True)
     chosen = args["--pipelines"]
-    result = run_benchmark(cfg, chosen, warmup=args["--warmup"], steps=args["--steps"], rounds=args["--rounds"],
-                           log=lambda m: console.log(m))
+    result = run_benchmark(
+        cfg,
+        chosen,
+        warmup=args["--warmup"],
+        steps=args["--steps"],
+        rounds=args["--rounds"],
+        log=lambda m: console.log(m),
+    )
     show(result, chosen)
     if args["--json"]:
         print(json.dumps(result))
@@ -78,4 +93,4 @@ def command(args: cli.Args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(command, sys.argv[1:], FLAGS))
+    sys.exit(shell.run(command, sys.argv[1:], FLAGS))

@@ -15,15 +15,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import cli
+from brainmri import shell
 from brainmri.errors import BrainMRIError
 
-FLAGS = [cli.Flag("--setting", "NAME", str, None)]
+FLAGS = [shell.Flag("--setting", "NAME", str, None)]
 
 
-def command(args: cli.Args) -> int:
-    from brainmri.calibration import calibrate_refit
-    from brainmri.console import console
+def command(args: shell.Args) -> int:
+    from brainmri.evaluation.refit import calibrate_refit
+    from brainmri.reporting.console import console
 
     if args.settings or len(args.positional) != 2:
         raise BrainMRIError("usage: python launch/calibrate.py RUN_DIR CV_SWEEP_DIR [--setting NAME]")
@@ -37,4 +37,4 @@ def command(args: cli.Args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(command, sys.argv[1:], FLAGS, positional=True))
+    sys.exit(shell.run(command, sys.argv[1:], FLAGS, positional=True))

@@ -11,7 +11,8 @@ specificity and ROC AUC, expected calibration error, the confusion matrix; on th
 split also the same without test images that duplicate a Training image. Writes
 eval_<split>.json and figures/eval_<split>_{confusion_matrix,roc,reliability}.png into
 the run directory; with the run's temperature (calibration.json), ECE and NLL before and
-after calibration and a second reliability diagram, _reliability_calibrated.png. Exit codes: 0 done, 2 bad input (one line on stderr).
+after calibration and a second reliability diagram, _reliability_calibrated.png.
+Exit codes: 0 done, 2 bad input (one line on stderr).
 """
 
 from __future__ import annotations
@@ -19,16 +20,19 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import cli
 from brainmri import config as config_lib
-from brainmri.console import console, print_metrics, setup_logging
+from brainmri import shell
 from brainmri.errors import BrainMRIError
-from brainmri.evaluation import TrainedModel, evaluate, evaluation_figures, load_models, resolve_tta, split_samples
+from brainmri.evaluation.report import evaluation_figures
+from brainmri.evaluation.trained import TrainedModel, evaluate, load_models, resolve_tta, split_samples
+from brainmri.reporting.console import console, print_metrics, setup_logging
 from brainmri.rundir import atomic_write_json
 
+RECIPES = shell.recipes_beside(__file__)
 
-def command(args: cli.Args) -> int:
-    cfg = config_lib.load_config(args.settings, cli.RECIPES, schema=config_lib.EvalConfig)
+
+def command(args: shell.Args) -> int:
+    cfg = config_lib.load_config(args.settings, RECIPES, schema=config_lib.EvalConfig)
     setup_logging(True)
     models = load_models(cfg.run, cfg.checkpoint)
     trained, ensemble = models[0], len(models) > 1
@@ -36,46 +40,38 @@ def command(args: cli.Args) -> int:
         raise BrainMRIError("split=val with an ensemble: every member has its own validation split; use split=test")
     splits = split_samples(trained, cfg.data.root, cfg.split)
     result = evaluate(models, splits, cfg.split, cfg.tta, cfg.batch_size)
-    split, m = cfg.split, result["metrics"]
+    split, m, n = cfg.split, result.metrics, result.size
     tta = sorted({resolve_tta(member, cfg.tta) for member in models})
-    n = len(result["targets"])
     what = f"the ensemble of {len(models)} runs (mean probability)" if ensemble else str(trained.weights)
     print_metrics(m, split, f"{split} split, {n} images ({what}{', hflip TTA' if 'hflip' in tta else ''})")
-    leaks = result["leaks"]
-    if result["leakage_free"] is not None:
-        free = result["leakage_free"]
-        print_metrics(free, split, f"{split} split without the {len(leaks)} image(s) whose pixels equal a Training image ({free['size']} images)")
+    if result.leakage_free is not None:
+        free = result.leakage_free
+        print_metrics(
+            free,
+            split,
+            f"{split} split without the {len(result.leaks)} image(s) whose pixels equal a Training image "
+            f"({free['size']} images)",
+        )
         console.print(
             f"[bold]{split} accuracy {m[f'{split}/acc']:.3f}[/bold] on all {n} images; "
             f"[bold]{free[f'{split}/acc']:.3f}[/bold] on the {free['size']} that do not duplicate a Training image"
         )
-    calibrated = result["calibrated"]
-    if calibrated is not None:
-        cm = calibrated["metrics"]
-        note = " (fitted on this split: optimistic)" if calibrated["fitted_on"] == split else ""
-        source = "the CV folds' out-of-fold predictions" if calibrated["fitted_on"] == "cv" else f"the {calibrated['fitted_on']} split"
-        temperature = calibrated["temperature"]
-        temperature = f"{temperature:.3f}" if not ensemble else "per member " + ", ".join(f"{t:.2f}" for t in temperature)
+    cal = result.calibrated
+    if cal is not None:
+        note = " (fitted on this split: optimistic)" if cal.fitted_on == split else ""
+        source = "the CV folds' out-of-fold predictions" if cal.fitted_on == "cv" else f"the {cal.fitted_on} split"
+        temperature = (
+            f"{cal.temperatures[0]:.3f}"
+            if not ensemble
+            else "per member " + ", ".join(f"{t:.2f}" for t in cal.temperatures)
+        )
         console.print(
             f"calibration: temperature {temperature} from {source}{note}: "
-            f"ECE {m[f'{split}/ece']:.3f} -> [bold]{cm[f'{split}/ece']:.3f}[/bold], "
-            f"NLL {m[f'{split}/loss']:.3f} -> [bold]{cm[f'{split}/loss']:.3f}[/bold]"
+            f"ECE {m[f'{split}/ece']:.3f} -> [bold]{cal.metrics[f'{split}/ece']:.3f}[/bold], "
+            f"NLL {m[f'{split}/loss']:.3f} -> [bold]{cal.metrics[f'{split}/loss']:.3f}[/bold]"
         )
-    report = {
-        "split": split,
-        "size": n,
-        "weights": str(trained.weights) if not ensemble else [str(t.weights) for t in models],
-        "tta": tta[0] if len(tta) == 1 else tta,
-        "data_root": str(splits.root),
-        **m,
-        "train_test_leaks": len(leaks),
-        "leaked_files": sorted(leaks),
-        "leakage_free": result["leakage_free"],
-        "calibration": None if calibrated is None else {
-            "temperature": calibrated["temperature"], "fitted_on": calibrated["fitted_on"],
-            f"{split}/ece": calibrated["metrics"][f"{split}/ece"], f"{split}/loss": calibrated["metrics"][f"{split}/loss"],
-        },
-    }
+    weights = str(trained.weights) if not ensemble else [str(t.weights) for t in models]
+    report = result.report(weights, tta[0] if len(tta) == 1 else tta, splits.root)
     folder = report_folder(cfg.run, trained) if ensemble else trained.run("writing the report").path
     stem = f"eval_{split}_ensemble" if ensemble else f"eval_{split}"
     out = folder / f"{stem}.json"
@@ -92,4 +88,4 @@ def report_folder(run: str, first: TrainedModel) -> Path:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(command, sys.argv[1:]))
+    sys.exit(shell.run(command, sys.argv[1:]))

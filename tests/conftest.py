@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
@@ -13,14 +12,8 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-LAUNCH = REPO / "launch"
 
 
-def launch_module(name: str):
-    """An entry script's module, imported as the scripts import each other (launch/ on sys.path)."""
-    if str(LAUNCH) not in sys.path:
-        sys.path.insert(0, str(LAUNCH))
-    return importlib.import_module(name)
 LAYOUTS = {
     "sartaj": ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"],
     "masoud": ["glioma", "meningioma", "notumor", "pituitary"],
@@ -69,10 +62,19 @@ def tiny_dataset(tmp_path: Path) -> Path:
     return make_dataset(tmp_path / "data")
 
 
-def run_script(args: list[str], timeout: float = 600, env: dict | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
+def run_script(
+    args: list[str], timeout: float = 600, env: dict | None = None, cwd: Path = REPO
+) -> subprocess.CompletedProcess:
     """Run a command with this interpreter's environment; output captured as text."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def two_processes(*args: str) -> list[str]:
+    """``accelerate launch`` of launch/train.py as 2 CPU processes over gloo, with ``args``."""
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    launcher = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    return [accelerate, "launch", *launcher, "--dynamo_backend", "no", str(REPO / "launch" / "train.py"), *args]
 
 
 def python(*args: str) -> list[str]:

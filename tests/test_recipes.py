@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from brainmri.config import load_config
-from tests.conftest import REPO, launch_module, python, run_script
+from tests.conftest import REPO, python, run_script
 
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 PUBLISHED = {"cnn0_256": "33,488", "cnn1_256": "266,364", "cnn2_256": "146,860", "cnn3_256": "9,369,668"}
@@ -19,7 +19,9 @@ def test_required_recipes_exist():
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_recipe_loads_and_documents_itself(path: Path):
     lines = path.read_text().splitlines()
-    assert lines[0].startswith("# ") and any(l.startswith("# Run:") and f"recipe={path.stem}" in l for l in lines[:4])
+    assert lines[0].startswith("# ") and any(
+        ln.startswith("# Run:") and f"recipe={path.stem}" in ln for ln in lines[:4]
+    )
     cfg = load_config([f"recipe={path.stem}"], REPO / "recipes")
     assert cfg.recipe == path.stem
 
@@ -32,17 +34,18 @@ def test_cnn_study_recipes_follow_the_paper():
 
 
 def test_dry_run_every_recipe_prints_config_and_parameters(tmp_path):
-    main = launch_module("train").main  # in-process: one interpreter for all recipes
+    import contextlib
+    import io
 
-    import contextlib, io
+    from brainmri.training.entry import main  # in-process: one interpreter for all recipes
 
     for path in RECIPES:
         buffer = io.StringIO()
         with contextlib.redirect_stdout(buffer):
-            from brainmri import console
+            from brainmri.reporting import console
 
             console.console.file = buffer
-            assert main(["--dry-run", f"recipe={path.stem}", "data.root=/does/not/exist"]) == 0
+            assert main(["--dry-run", f"recipe={path.stem}", "data.root=/does/not/exist"], REPO / "recipes", {}) == 0
         text = buffer.getvalue()
         assert "resolved config" in text and "parameters" in text
         if path.stem in PUBLISHED:
@@ -50,6 +53,14 @@ def test_dry_run_every_recipe_prints_config_and_parameters(tmp_path):
 
 
 def test_dry_run_subprocess_touches_no_data(tmp_path):
-    proc = run_script(python(str(REPO / "launch" / "train.py"), "--dry-run", "recipe=cnn3_256", "data.root=/nope", f"output_dir={tmp_path / 'x'}"))
+    proc = run_script(
+        python(
+            str(REPO / "launch" / "train.py"),
+            "--dry-run",
+            "recipe=cnn3_256",
+            "data.root=/nope",
+            f"output_dir={tmp_path / 'x'}",
+        )
+    )
     assert proc.returncode == 0, proc.stderr
     assert "9,369,668" in proc.stdout and not (tmp_path / "x").exists()

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from brainmri.config import ModelConfig, OptimConfig
-from brainmri.distributed import resolve_precision
 from brainmri.models import build_model
-from brainmri.optim import build_optimizer
+from brainmri.training.distributed import resolve_precision
+from brainmri.training.optim import build_optimizer
 
 CANDIDATES = [
     {"channels_last": True, "batch": 32, "optimizer": "fused AdamW"},  # the toolkit's defaults
@@ -37,7 +37,11 @@ def build(candidate: dict, size: int):
     x = torch.randn(candidate["batch"], 3, size, size)
     if candidate["channels_last"]:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, OptimConfig()) if candidate["optimizer"] == "fused AdamW" else torch.optim.Adam(model.parameters())
+    optimizer = (
+        build_optimizer(model, OptimConfig())
+        if candidate["optimizer"] == "fused AdamW"
+        else torch.optim.Adam(model.parameters())
+    )
     return model, optimizer, x, torch.randint(0, 4, (candidate["batch"],))
 
 

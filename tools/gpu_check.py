@@ -61,23 +61,40 @@ class Step:
 
 BENCH_COUNTS = ("--json", "--steps=40", "--warmup=8", "--rounds=2")
 DRY_BENCH = ("--steps=1", "--warmup=0", "--rounds=1", "data.image_size=32", "train.batch_size=8")
+
+
 def _steps() -> list[Step]:
     # 512 px: pretrained weights cannot be fetched on a machine without network, and the speed
     # of a step does not depend on where the weights came from.
     steps = []
     for size, recipe, batch in (("224", "resnet18_224", 64), ("512", "resnet18_512", 32)):
         for location in ("device", "host"):
-            steps.append(Step(
-                name=f"bench_{size}_{location}", script="bench.py", kind="bench", limit_s=60,
-                args=(f"recipe={recipe}", f"data.cache_location={location}", f"train.batch_size={batch}",
-                      "model.pretrained=false", *BENCH_COUNTS),
-                dry_args=DRY_BENCH,
-            ))
-    steps.append(Step(
-        name="sartaj_gpu", script="train.py", kind="train", limit_s=180,
-        args=("recipe=sartaj_gpu", "train.epochs=8", "tracking.wandb=disabled"),
-        dry_args=("train.epochs=1", "data.image_size=32", "train.batch_size=8"),
-    ))
+            steps.append(
+                Step(
+                    name=f"bench_{size}_{location}",
+                    script="bench.py",
+                    kind="bench",
+                    limit_s=60,
+                    args=(
+                        f"recipe={recipe}",
+                        f"data.cache_location={location}",
+                        f"train.batch_size={batch}",
+                        "model.pretrained=false",
+                        *BENCH_COUNTS,
+                    ),
+                    dry_args=DRY_BENCH,
+                )
+            )
+    steps.append(
+        Step(
+            name="sartaj_gpu",
+            script="train.py",
+            kind="train",
+            limit_s=180,
+            args=("recipe=sartaj_gpu", "train.epochs=8", "tracking.wandb=disabled"),
+            dry_args=("train.epochs=1", "data.image_size=32", "train.batch_size=8"),
+        )
+    )
     return steps
 
 
@@ -105,12 +122,16 @@ def run_step(step: Step, data: str, scratch: Path, dry: bool, limit_s: float, en
     """Run one step under its limit; its figures, or its error and the end of its output."""
     start = time.perf_counter()
     try:
-        proc = subprocess.run(step.command(data, scratch, dry), cwd=REPO, capture_output=True, text=True,
-                              timeout=limit_s, env=env)
+        proc = subprocess.run(
+            step.command(data, scratch, dry), cwd=REPO, capture_output=True, text=True, timeout=limit_s, env=env
+        )
     except subprocess.TimeoutExpired as e:
         tail = (e.stderr or b"")[-1500:]
-        return {"error": f"timed out after {limit_s:.0f} s", "log_tail": tail.decode(errors="replace") if isinstance(tail, bytes) else tail,
-                "wall_s": round(time.perf_counter() - start, 1)}
+        return {
+            "error": f"timed out after {limit_s:.0f} s",
+            "log_tail": tail.decode(errors="replace") if isinstance(tail, bytes) else tail,
+            "wall_s": round(time.perf_counter() - start, 1),
+        }
     seconds = round(time.perf_counter() - start, 1)
     if proc.returncode != 0:
         return {"error": f"exit {proc.returncode}", "log_tail": proc.stderr[-1500:], "wall_s": seconds}
@@ -162,11 +183,12 @@ def check(data: str, dry: bool, out_file: Optional[Path] = None) -> dict:
 # also proves the steps pass without them, as they must on the GPU image.
 OPTIONAL_IMPORTS = ("wandb",)
 IMPORT_LINE = re.compile(r"^import time:\s+\d+\s+\|\s+\d+\s+\|\s*(\S+)\s*$")
-RUN_BLOCKED = ("import runpy, sys\n"
-               "for name in sys.argv[1].split(','): sys.modules[name] = None  # import raises ImportError\n"
-               "sys.argv = sys.argv[2:]\n"
-               "sys.path[0] = __import__('os').path.dirname(sys.argv[0])  # as `python SCRIPT` sets it\n"
-               "runpy.run_path(sys.argv[0], run_name='__main__')")
+RUN_BLOCKED = (
+    "import runpy, sys\n"
+    "for name in sys.argv[1].split(','): sys.modules[name] = None  # import raises ImportError\n"
+    "sys.argv = sys.argv[2:]\n"
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
 
 
 def imported_modules(data: str = "builtin:demo") -> set[str]:
@@ -235,13 +257,33 @@ def fetch_wheels(target: Path) -> list[str]:
     pins = [f"{name}=={importlib.metadata.version(name)}" for name in missing]
     platforms = [f"--platform=manylinux_2_{n}_x86_64" for n in (17, 27, 28)] + ["--platform=manylinux2014_x86_64"]
     for pin in pins:
-        binary = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                                 f"--python-version={DEVICE_PYTHON}", "--implementation=cp", *platforms, "-d", str(target), pin],
-                                capture_output=True, text=True)
+        binary = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--only-binary=:all:",
+                f"--python-version={DEVICE_PYTHON}",
+                "--implementation=cp",
+                *platforms,
+                "-d",
+                str(target),
+                pin,
+            ],
+            capture_output=True,
+            text=True,
+        )
         if binary.returncode != 0:  # pure Python published as source only: build the wheel here
-            subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(target), pin], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(target), str(REPO)],
-                   check=True)
+            subprocess.run(
+                [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(target), pin], check=True
+            )
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(target), str(REPO)],
+        check=True,
+    )
     return pins
 
 
@@ -261,7 +303,11 @@ def main() -> int:
     if args.list_imports:
         present = image_packages()
         modules = imported_modules()
-        print(json.dumps({"modules": sorted(modules), "missing_on_gpu_image": sorted(missing_distributions(modules, present))}))
+        print(
+            json.dumps(
+                {"modules": sorted(modules), "missing_on_gpu_image": sorted(missing_distributions(modules, present))}
+            )
+        )
         return 0
     if args.wheels:
         pins = fetch_wheels(args.wheels)

@@ -14,8 +14,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from brainmri.data.datasets import verify_image
 from brainmri.data.groups import duplicate_groups
+from brainmri.data.scan import verify_image
 
 PER_SPLIT = {"Training": 40, "Testing": 10}
 NEAR = 4
@@ -25,8 +25,12 @@ paths = sorted(p for p in src.rglob("*.jpg") if not any(part.startswith(".") for
 digests = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
 verdicts = {p: verify_image(p, perceptual=True) for p in paths}  # the scan's own pixel and perceptual hashes
 names = [str(p) for p in paths]
-groups = duplicate_groups(names, {str(p): v[1] for p, v in verdicts.items() if v[1]},
-                          {str(p): v[2] for p, v in verdicts.items() if v[2] is not None}, NEAR)
+groups = duplicate_groups(
+    names,
+    {str(p): v[1] for p, v in verdicts.items() if v[1]},
+    {str(p): v[2] for p, v in verdicts.items() if v[2] is not None},
+    NEAR,
+)
 group = [groups[n] for n in names]
 digest = dict(zip(paths, digests))
 group_of = dict(zip(paths, group))

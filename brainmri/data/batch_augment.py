@@ -40,7 +40,9 @@ def random_crop(x: torch.Tensor, pad: int) -> torch.Tensor:
     oy = torch.randint(0, 2 * pad + 1, (b, 1), device=x.device)
     ox = torch.randint(0, 2 * pad + 1, (b, 1), device=x.device)
     if x.device.type == "cpu":
-        return torch.stack([padded[i, :, y : y + h, z : z + w] for i, (y, z) in enumerate(zip(oy[:, 0].tolist(), ox[:, 0].tolist()))])
+        return torch.stack(
+            [padded[i, :, y : y + h, z : z + w] for i, (y, z) in enumerate(zip(oy[:, 0].tolist(), ox[:, 0].tolist()))]
+        )
     rows = (oy + torch.arange(h, device=x.device)).unsqueeze(2)  # (B, H, 1)
     cols = (ox + torch.arange(w, device=x.device)).unsqueeze(1)  # (B, 1, W)
     batch = torch.arange(b, device=x.device).view(b, 1, 1)
@@ -83,7 +85,9 @@ def random_brightness(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
 class BatchAugment(nn.Module):
     """uint8 (B, C, S, S) -> normalized float (B, C, S, S); random steps only when ``train``."""
 
-    def __init__(self, params: AugmentParams, image_size: int, mean: Sequence[float], std: Sequence[float], train: bool):
+    def __init__(
+        self, params: AugmentParams, image_size: int, mean: Sequence[float], std: Sequence[float], train: bool
+    ):
         super().__init__()
         self.params = params
         self.train_mode = train

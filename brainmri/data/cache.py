@@ -31,7 +31,8 @@ from torch import nn
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from brainmri.data.datasets import Sample, load_image
+from brainmri.data.samples import Sample
+from brainmri.data.scan import load_image
 from brainmri.errors import DatasetError
 from brainmri.rundir import atomic_replace, atomic_write_text
 
@@ -92,8 +93,10 @@ def acquire(lock, timeout: float, poll: float = 0.5) -> None:
             holder = lock.read().strip() or "another process"
             waited = time.monotonic() - start
             if waited > timeout:
-                raise DatasetError(f"image cache lock {lock.name} held by {holder} for over {timeout:.0f} s; "
-                                "if that process is gone, delete the lock file") from None
+                raise DatasetError(
+                    f"image cache lock {lock.name} held by {holder} for over {timeout:.0f} s; "
+                    "if that process is gone, delete the lock file"
+                ) from None
             if last_said is None or time.monotonic() - last_said >= 30:
                 log.info("waiting for %s to build the image cache (%s)", holder, lock.name)
                 last_said = time.monotonic()
@@ -104,8 +107,15 @@ def acquire(lock, timeout: float, poll: float = 0.5) -> None:
     lock.flush()
 
 
-def open_or_build(root: Path, samples: Sequence[Sample], size: int, channels: int, cache_dir: Path, workers: int,
-                  lock_timeout: float = 3600.0) -> ImageCache:
+def open_or_build(
+    root: Path,
+    samples: Sequence[Sample],
+    size: int,
+    channels: int,
+    cache_dir: Path,
+    workers: int,
+    lock_timeout: float = 3600.0,
+) -> ImageCache:
     """The cache for these images at this size, building it first if no process has yet."""
     paths = sorted({s.path for s in samples})
     key = cache_key(root, paths, size, channels)
@@ -123,14 +133,19 @@ def open_or_build(root: Path, samples: Sequence[Sample], size: int, channels: in
         tmp = cache_dir / f".{stem}.{os.getpid()}.tmp.npy"
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), channels, size, size))
 
-        def fill(i: int) -> None:
-            array[i] = decode_resized(root / paths[i], size, channels).numpy()
+        def fill(i: int, out: np.ndarray = array) -> None:
+            out[i] = decode_resized(root / paths[i], size, channels).numpy()
 
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             list(pool.map(fill, range(len(paths))))
         array.flush()
         del array
-        atomic_write_text(index_path, json.dumps({"version": CACHE_VERSION, "root": str(root), "size": size, "channels": channels, "paths": paths}))
+        atomic_write_text(
+            index_path,
+            json.dumps(
+                {"version": CACHE_VERSION, "root": str(root), "size": size, "channels": channels, "paths": paths}
+            ),
+        )
         atomic_replace(tmp, array_path)  # the commit point: readers look for the array
         cache = _open(array_path, index_path)
         cache.build_seconds = time.perf_counter() - start

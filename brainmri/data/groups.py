@@ -14,15 +14,13 @@ from __future__ import annotations
 import random
 import warnings
 from collections import Counter
-from typing import TYPE_CHECKING, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
+from brainmri.data.samples import Sample
 from brainmri.errors import DatasetError
-
-if TYPE_CHECKING:
-    from brainmri.data.datasets import Sample
 
 
 def perceptual_hash(image: Image.Image) -> int:
@@ -44,7 +42,7 @@ def near_edges(hashes: Sequence[int], threshold: int) -> list[tuple[int, int]]:
     array = np.array(hashes, dtype=np.uint64)
     edges: list[tuple[int, int]] = []
     for i in range(len(array) - 1):
-        close = np.nonzero(popcount(array[i] ^ array[i + 1:]) <= threshold)[0]
+        close = np.nonzero(popcount(array[i] ^ array[i + 1 :]) <= threshold)[0]
         edges.extend((i, i + 1 + int(j)) for j in close)
     return edges
 
@@ -67,8 +65,9 @@ def components(n: int, edges: Sequence[tuple[int, int]]) -> list[int]:
     return [roots.setdefault(find(i), len(roots)) for i in range(n)]
 
 
-def duplicate_groups(paths: Sequence[str], pixels: Mapping[str, str], phashes: Mapping[str, int],
-                     threshold: Optional[int]) -> dict[str, int]:
+def duplicate_groups(
+    paths: Sequence[str], pixels: Mapping[str, str], phashes: Mapping[str, int], threshold: Optional[int]
+) -> dict[str, int]:
     """A group id for every path: equal pixels, or (``threshold`` not None) perceptual
     hashes at most ``threshold`` bits apart, link two images; groups are the connected sets."""
     edges: list[tuple[int, int]] = []
@@ -96,8 +95,9 @@ def _folds(samples: Sequence[Sample], groups: Optional[Mapping[str, int]], n_spl
         return list(StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed).split(labels, labels, ids))
 
 
-def fold_split(samples: Sequence[Sample], groups: Optional[Mapping[str, int]], folds: int, fold: int,
-               seed: int) -> tuple[list[Sample], list[Sample]]:
+def fold_split(
+    samples: Sequence[Sample], groups: Optional[Mapping[str, int]], folds: int, fold: int, seed: int
+) -> tuple[list[Sample], list[Sample]]:
     """Fold ``fold`` of ``folds`` as validation, the others as train; groups never straddle."""
     largest = max(Counter(s.label for s in samples).values())
     if folds > largest:
@@ -107,14 +107,15 @@ def fold_split(samples: Sequence[Sample], groups: Optional[Mapping[str, int]], f
     return pick(train_idx), pick(val_idx)
 
 
-def group_split(samples: Sequence[Sample], groups: Mapping[str, int], val_fraction: float,
-                seed: int) -> tuple[list[Sample], list[Sample]]:
+def group_split(
+    samples: Sequence[Sample], groups: Mapping[str, int], val_fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
     """``val_fraction`` of every class as validation, drawn as whole groups.
 
     A group counts for the class of its first image (by path). Per class the groups are
     shuffled and each goes to validation while it fits in what is left of the class's
     share, so with no duplicates (every group one image) this is exactly the plain
-    stratified split of :func:`brainmri.data.datasets.stratified_split`, image for image.
+    stratified split of :func:`brainmri.data.splits.stratified_split`, image for image.
     ``val_fraction=0`` keeps everything for training (a refit).
     """
     members: dict[int, list[Sample]] = {}

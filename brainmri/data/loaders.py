@@ -21,8 +21,18 @@ from torch.utils.data import DataLoader, Dataset
 
 from brainmri.config import AugmentConfig, DataConfig
 from brainmri.data.batch_augment import BatchAugment
-from brainmri.data.cache import CachedDataset, CachedRows, ImageCache, ResidentCache, decode_resized, open_or_build, resident_fits
-from brainmri.data.datasets import DatasetSplits, ImageDataset, Sample, load_image
+from brainmri.data.cache import (
+    CachedDataset,
+    CachedRows,
+    ImageCache,
+    ResidentCache,
+    decode_resized,
+    open_or_build,
+    resident_fits,
+)
+from brainmri.data.dataset import ImageDataset
+from brainmri.data.samples import DatasetSplits, Sample
+from brainmri.data.scan import load_image
 from brainmri.data.transforms import build_eval_transform, build_train_transform, resolve_augment
 from brainmri.errors import ConfigError
 
@@ -96,7 +106,11 @@ def place_cache(cache: ImageCache, location: str, device: torch.device) -> Optio
     if location == "auto":
         location = "device" if resident_fits(nbytes, device) else "host"
         if location == "host":
-            log.info("image cache (%.1f GB) kept on the host: too large for a quarter of %s's free memory", nbytes / 1e9, device)
+            log.info(
+                "image cache (%.1f GB) kept on the host: too large for a quarter of %s's free memory",
+                nbytes / 1e9,
+                device,
+            )
     elif location == "device" and not resident_fits(nbytes, device, fraction=1.0):
         free = torch.cuda.mem_get_info(device)[0]
         raise ConfigError(
@@ -133,7 +147,9 @@ def build_loaders(
         if data.cache_dir is None:
             raise ConfigError("data.cache_dir is not set: the cached pipeline needs a folder for its image cache")
         everything = splits.train + splits.val + (splits.test or [])
-        cache = open_or_build(splits.root, everything, data.image_size, data.channels, Path(data.cache_dir).expanduser(), auto_workers(1))
+        cache = open_or_build(
+            splits.root, everything, data.image_size, data.channels, Path(data.cache_dir).expanduser(), auto_workers(1)
+        )
         train_batch = BatchAugment(params, data.image_size, mean, std, train=True)
         eval_batch = BatchAugment(params, data.image_size, mean, std, train=False)
         resident = place_cache(cache, data.cache_location, device)
@@ -151,8 +167,14 @@ def build_loaders(
             dataset = CachedDataset(cache, samples)
         else:
             dataset = ImageDataset(splits.root, samples, data.channels, transform)
-        return DataLoader(IndexedDataset(dataset), batch_size=batch_size, shuffle=train, num_workers=workers,
-                          pin_memory=on_gpu and resident is None, persistent_workers=workers > 0)
+        return DataLoader(
+            IndexedDataset(dataset),
+            batch_size=batch_size,
+            shuffle=train,
+            num_workers=workers,
+            pin_memory=on_gpu and resident is None,
+            persistent_workers=workers > 0,
+        )
 
     return Loaders(
         train=loader(splits.train, train_tf, train=True),
@@ -167,8 +189,13 @@ def build_loaders(
 
 
 def preview_augmentation(
-    root: Path, samples: Sequence[Sample], data: DataConfig, augment: AugmentConfig,
-    mean: Sequence[float], std: Sequence[float], seed: int,
+    root: Path,
+    samples: Sequence[Sample],
+    data: DataConfig,
+    augment: AugmentConfig,
+    mean: Sequence[float],
+    std: Sequence[float],
+    seed: int,
 ) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
     """(original in [0, 1], augmented and normalized, label) of each sample, through the
     augmentation the run trains with: :class:`BatchAugment` on uint8 batches for the cached
@@ -183,7 +210,10 @@ def preview_augmentation(
             originals = list(batch.float() / 255)
             augmented = list(BatchAugment(params, size, mean, std, train=True)(batch))
         else:
-            train_tf, plain = build_train_transform(params, size, mean, std), build_eval_transform(size, [0.0] * channels, [1.0] * channels)
+            train_tf, plain = (
+                build_train_transform(params, size, mean, std),
+                build_eval_transform(size, [0.0] * channels, [1.0] * channels),
+            )
             images = [load_image(root / s.path, channels) for s in samples]
             originals, augmented = [plain(im) for im in images], [train_tf(im) for im in images]
     return [(o, a, s.label) for o, a, s in zip(originals, augmented, samples)]

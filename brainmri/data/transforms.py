@@ -36,7 +36,9 @@ class AugmentParams:
 
 PRESETS: dict[str, AugmentParams] = {
     "resnet_study": AugmentParams(pad=8, hflip=0.5, translate=0.0, degrees=0.0, brightness=None, normalize="half"),
-    "cnn_study": AugmentParams(pad=0, hflip=0.5, translate=0.1, degrees=10.0, brightness=(0.8, 1.2), normalize="dataset"),
+    "cnn_study": AugmentParams(
+        pad=0, hflip=0.5, translate=0.1, degrees=10.0, brightness=(0.8, 1.2), normalize="dataset"
+    ),
     "none": AugmentParams(pad=0, hflip=0.0, translate=0.0, degrees=0.0, brightness=None, normalize="half"),
 }
 
@@ -66,7 +68,9 @@ def _to_tensor(image_size: int) -> list:
     return [v2.PILToTensor(), v2.Resize((image_size, image_size), antialias=True)]
 
 
-def build_train_transform(params: AugmentParams, image_size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+def build_train_transform(
+    params: AugmentParams, image_size: int, mean: Sequence[float], std: Sequence[float]
+) -> v2.Compose:
     steps = _to_tensor(image_size)
     if params.pad > 0:
         steps += [v2.Pad(params.pad, padding_mode="reflect"), v2.RandomCrop(image_size)]

@@ -106,7 +106,9 @@ def check_pretrained_source(cfg: ModelConfig, timeout: float = 5.0) -> Optional[
         import urllib.request
 
         try:
-            urllib.request.urlopen(urllib.request.Request(f"{constants.ENDPOINT}/api/models/{hub_id}", method="HEAD"), timeout=timeout)
+            urllib.request.urlopen(
+                urllib.request.Request(f"{constants.ENDPOINT}/api/models/{hub_id}", method="HEAD"), timeout=timeout
+            )
             return f"the Hugging Face hub ({hub_id})"
         except (urllib.error.URLError, OSError):
             pass

@@ -34,7 +34,9 @@ def test_training_results_hold_every_metric_and_a_gradcam_figure(trained):
         assert f"test/{key}" in results, key
     assert set(results["per_class"]["glioma"]) == {"precision", "recall", "specificity", "f1", "auroc", "support"}
     assert (out / "figures" / "gradcam.png").read_bytes()[:8] == PNG
-    assert (out / "test_leaks.tsv").read_text().splitlines()[1] == "Testing/glioma_tumor/leak.jpg\tTraining/glioma_tumor/image (0).jpg"
+    assert (out / "test_leaks.tsv").read_text().splitlines()[
+        1
+    ] == "Testing/glioma_tumor/leak.jpg\tTraining/glioma_tumor/image (0).jpg"
     assert json.loads((out / "dataset.json").read_text())["train_test_leaks"] == 1
 
 
@@ -58,7 +60,9 @@ def test_evaluate_writes_json_pngs_and_the_leakage_free_score(trained):
     plain = json.loads((out / "eval_test.json").read_text())
     assert plain["test/acc"] == pytest.approx(results["test/acc"], abs=1e-6)
     assert plain["confusion_matrix"] == results["confusion_matrix"]
-    proc = run_script(python(str(LAUNCH / "evaluate.py"), f"run={out}", "split=val", f"checkpoint={out / 'best.safetensors'}"))
+    proc = run_script(
+        python(str(LAUNCH / "evaluate.py"), f"run={out}", "split=val", f"checkpoint={out / 'best.safetensors'}")
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     val = json.loads((out / "eval_val.json").read_text())
     assert val["size"] == 4 and val["leakage_free"] is None
@@ -69,8 +73,15 @@ def test_refit_without_validation_scores_the_last_epoch_with_tta_and_evaluate_re
     TTA, there is no temperature to fit, and evaluate.py (tta=auto) gives the same numbers."""
     root = make_dataset(tmp_path / "data", train_per_class=6, test_per_class=3, size=48)
     out = tmp_path / "run"
-    proc = run_script(python(str(LAUNCH / "train.py"), *fast_overrides(root, out, epochs=2), "data.val_fraction=0",
-                             "train.select_metric=last", "train.tta=hflip"))
+    proc = run_script(
+        python(
+            str(LAUNCH / "train.py"),
+            *fast_overrides(root, out, epochs=2),
+            "data.val_fraction=0",
+            "train.select_metric=last",
+            "train.tta=hflip",
+        )
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "no validation" in proc.stderr
     with open(out / "split.csv", newline="") as f:
@@ -88,23 +99,33 @@ def test_refit_without_validation_scores_the_last_epoch_with_tta_and_evaluate_re
     assert report["test/acc"] == pytest.approx(results["test/acc"], abs=1e-6)
     assert report["confusion_matrix"] == results["confusion_matrix"]
     proc = run_script(python(str(LAUNCH / "evaluate.py"), f"run={out}", "split=val"))
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith("trained on all of Training (data.val_fraction=0)")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith(
+        "trained on all of Training (data.val_fraction=0)"
+    )
 
 
 def test_a_refit_is_calibrated_by_its_folds_and_evaluate_and_predict_apply_it(tmp_path):
     """Two real CV folds and a refit of one recipe; calibrate.py fits the temperature on the folds'
     out-of-fold predictions, and evaluate.py reports ECE before and after it."""
-    from brainmri.sweep import TrialRecord, write_manifest
+    from brainmri.cluster.sweep import TrialRecord, write_manifest
 
     root = make_dataset(tmp_path / "data", train_per_class=6, test_per_class=3, size=48)
     common = ["train.select_metric=last", "train.tta=hflip"]
     records = []
     for fold in range(2):
         out = tmp_path / "cv" / f"t00-fold{fold}"
-        proc = run_script(python(str(LAUNCH / "train.py"), *fast_overrides(root, out), *common, "data.folds=2", f"data.fold={fold}"))
+        proc = run_script(
+            python(str(LAUNCH / "train.py"), *fast_overrides(root, out), *common, "data.folds=2", f"data.fold={fold}")
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
-        records.append(TrialRecord(fold, out.name, {"data.folds": 2, "data.fold": fold}, str(out), state="completed", base="t00", fold=fold))
-    write_manifest(tmp_path / "cv" / "manifest.json", "cv", "cv.yaml", records, {"metric": "val/acc", "cv": 2, "varying": []})
+        records.append(
+            TrialRecord(
+                fold, out.name, {"data.folds": 2, "data.fold": fold}, str(out), state="completed", base="t00", fold=fold
+            )
+        )
+    write_manifest(
+        tmp_path / "cv" / "manifest.json", "cv", "cv.yaml", records, {"metric": "val/acc", "cv": 2, "varying": []}
+    )
     refit = tmp_path / "refit"
     proc = run_script(python(str(LAUNCH / "train.py"), *fast_overrides(root, refit), *common, "data.val_fraction=0"))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -118,29 +139,40 @@ def test_a_refit_is_calibrated_by_its_folds_and_evaluate_and_predict_apply_it(tm
     report = json.loads((refit / "eval_test.json").read_text())
     assert report["calibration"]["fitted_on"] == "cv" and report["calibration"]["temperature"] == cal["temperature"]
     assert "from the CV folds' out-of-fold predictions" in proc.stdout
-    proc = run_script(python(str(LAUNCH / "predict.py"), f"run={refit}", str(root / "Testing"), f"--out={tmp_path / 'pred'}"))
+    proc = run_script(
+        python(str(LAUNCH / "predict.py"), f"run={refit}", str(root / "Testing"), f"--out={tmp_path / 'pred'}")
+    )
     assert proc.returncode == 0 and f"calibrated at temperature {cal['temperature']:.2f}" in proc.stdout
     # a run with its own validation split keeps its own temperature
     proc = run_script(python(str(LAUNCH / "calibrate.py"), str(tmp_path / "cv" / "t00-fold0"), str(tmp_path / "cv")))
     assert proc.returncode == 2 and proc.stderr.strip().endswith("calibrate.py is for refits (data.val_fraction=0)")
 
 
-@pytest.mark.parametrize("args,message", [
-    ([], "usage: python launch/calibrate.py RUN_DIR CV_SWEEP_DIR [--setting NAME]"),
-    (["/nonexistent/run", "/nonexistent/cv"], "/nonexistent/run is not a finished run (no config.yaml or best.safetensors)"),
-    (["a", "b", "--settting=t00"], "unknown option --settting"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        ([], "usage: python launch/calibrate.py RUN_DIR CV_SWEEP_DIR [--setting NAME]"),
+        (
+            ["/nonexistent/run", "/nonexistent/cv"],
+            "/nonexistent/run is not a finished run (no config.yaml or best.safetensors)",
+        ),
+        (["a", "b", "--settting=t00"], "unknown option --settting"),
+    ],
+)
 def test_calibrate_bad_input_is_one_line(args, message):
     proc = run_script(python(str(LAUNCH / "calibrate.py"), *args))
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
 
 
-@pytest.mark.parametrize("args,message", [
-    ([], "run=RUN_DIR or checkpoint=FILE"),
-    (["run=/nonexistent/run"], "run directory not found"),
-    (["splt=val", "run=x"], "did you mean 'split'"),
-    (["split=train", "run=x"], "split='train' is invalid"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        ([], "run=RUN_DIR or checkpoint=FILE"),
+        (["run=/nonexistent/run"], "run directory not found"),
+        (["splt=val", "run=x"], "did you mean 'split'"),
+        (["split=train", "run=x"], "split='train' is invalid"),
+    ],
+)
 def test_evaluate_bad_input_is_one_line(args, message):
     proc = run_script(python(str(LAUNCH / "evaluate.py"), *args))
     assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
@@ -171,15 +203,29 @@ def test_resume_refuses_a_planted_pickle_in_a_checkpoint(trained, tmp_path):
 def test_predict_csv_table_and_gradcam_overlays(trained, tmp_path):
     root, out = trained
     pred = tmp_path / "pred"
-    proc = run_script(python(str(LAUNCH / "predict.py"), f"run={out}", str(root / "Testing" / "no_tumor"),
-                             str(root / "Training" / "glioma_tumor" / "image (1).jpg"), "--cam", "--out", str(pred)))
+    proc = run_script(
+        python(
+            str(LAUNCH / "predict.py"),
+            f"run={out}",
+            str(root / "Testing" / "no_tumor"),
+            str(root / "Training" / "glioma_tumor" / "image (1).jpg"),
+            "--cam",
+            "--out",
+            str(pred),
+        )
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader(open(pred / "predictions.csv")))
     assert len(rows) == 4
     assert set(rows[0]) == {"file", "predicted", "confidence", "p_glioma", "p_meningioma", "p_notumor", "p_pituitary"}
     for row in rows:
         probs = [float(row[f"p_{c}"]) for c in ("glioma", "meningioma", "notumor", "pituitary")]
-        assert sum(probs) == pytest.approx(1.0, abs=2e-3) and row["predicted"] in ("glioma", "meningioma", "notumor", "pituitary")
+        assert sum(probs) == pytest.approx(1.0, abs=2e-3) and row["predicted"] in (
+            "glioma",
+            "meningioma",
+            "notumor",
+            "pituitary",
+        )
     cams = sorted(p.name for p in (pred / "cam").iterdir())
     assert len(cams) == 4 and all(c.endswith("_cam.png") for c in cams)
     from PIL import Image

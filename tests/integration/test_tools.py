@@ -20,8 +20,11 @@ def gpu_check():
 
 
 def test_gpu_check_dry_runs_every_step_and_prints_one_json(tmp_path):
-    proc = run_script(["bash", "tools/gpu_check.sh", "--dry", "--out", str(tmp_path / "check.json")],
-                      env={"PYTHON": sys.executable}, timeout=900)
+    proc = run_script(
+        ["bash", "tools/gpu_check.sh", "--dry", "--out", str(tmp_path / "check.json")],
+        env={"PYTHON": sys.executable},
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert json.loads((tmp_path / "check.json").read_text()) == result  # also left on disk, step by step
@@ -42,9 +45,11 @@ def test_gpu_check_dry_steps_are_the_real_steps_made_smaller():
     scratch = Path("/scratch")
     for step in check.STEPS:
         real, dry = step.command("DATA", scratch, dry=False), step.command("DATA", scratch, dry=True)
-        assert dry[:len(real)] == real, step.name
-        added = {arg.split("=")[0] for arg in dry[len(real):]}
-        assert added <= {"--steps", "--warmup", "--rounds", "data.image_size", "train.batch_size", "train.epochs"}, added
+        assert dry[: len(real)] == real, step.name
+        added = {arg.split("=")[0] for arg in dry[len(real) :]}
+        assert added <= {"--steps", "--warmup", "--rounds", "data.image_size", "train.batch_size", "train.epochs"}, (
+            added
+        )
     recipes = {step.name: next(a for a in step.args if a.startswith("recipe=")) for step in check.STEPS}
     assert recipes["bench_512_device"] == "recipe=resnet18_512" and recipes["sartaj_gpu"] == "recipe=sartaj_gpu"
     assert all("model.pretrained=false" in step.args for step in check.STEPS if step.kind == "bench")
@@ -55,8 +60,13 @@ def test_gpu_check_records_a_failed_or_overrunning_step_and_runs_the_rest(tmp_pa
     check = gpu_check()
     slow = check.Step("slow", "train.py", ("recipe=demo", "data.root=builtin:demo"), limit_s=2, kind="train")
     broken = check.Step("broken", "bench.py", ("recipe=no_such_recipe", "--json"), limit_s=60, kind="bench")
-    fine = check.Step("fine", "bench.py", ("recipe=demo", "--json", "--steps=1", "--warmup=0", "--rounds=1",
-                                           "data.image_size=32", "train.batch_size=8"), limit_s=120, kind="bench")
+    fine = check.Step(
+        "fine",
+        "bench.py",
+        ("recipe=demo", "--json", "--steps=1", "--warmup=0", "--rounds=1", "data.image_size=32", "train.batch_size=8"),
+        limit_s=120,
+        kind="bench",
+    )
     monkeypatch.setattr(check, "STEPS", [slow, broken, fine])
     out = tmp_path / "partial.json"
     result = check.check("builtin:demo", dry=False, out_file=out)
@@ -74,14 +84,21 @@ def test_gpu_check_wheels_follow_what_the_steps_import():
     present = check.image_packages()
     assert {"torch", "timm", "accelerate", "huggingface-hub"} <= present
     closure = check.brainmri_closure(present)
-    assert {"omegaconf", "imagehash", "torch", "timm"} <= closure and "httpx2" not in closure  # not below the image's hub
+    assert {
+        "omegaconf",
+        "imagehash",
+        "torch",
+        "timm",
+    } <= closure and "httpx2" not in closure  # not below the image's hub
     missing = check.missing_distributions(check.imported_modules(), present)
     assert {"omegaconf", "imagehash", "grad-cam"} <= missing
     assert not missing & {"torch", "timm", "wandb", "numpy", "brainmri"}
 
 
 def test_cpu_levers_compares_the_four_candidates():
-    proc = run_script([sys.executable, "tools/cpu_levers.py", "--size", "32", "--steps", "1", "--rounds", "2"], timeout=300)
+    proc = run_script(
+        [sys.executable, "tools/cpu_levers.py", "--size", "32", "--steps", "1", "--rounds", "2"], timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [(r["channels_last"], r["batch"]) for r in rows] == [(True, 32), (False, 32), (True, 16), (False, 16)]

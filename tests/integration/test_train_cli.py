@@ -15,20 +15,29 @@ import pytest
 import torch
 
 from brainmri.rundir import read_jsonl
-from tests.conftest import REPO, fast_overrides, make_dataset, python, run_script
+from tests.conftest import REPO, fast_overrides, make_dataset, python, run_script, two_processes
 
 TRAIN = str(REPO / "launch" / "train.py")
-ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
-METRIC_KEYS = {"epoch", "train/loss", "train/acc", "val/loss", "val/acc", "val/macro_f1", "lr", "throughput", "epoch_time"}
+METRIC_KEYS = {
+    "epoch",
+    "train/loss",
+    "train/acc",
+    "val/loss",
+    "val/acc",
+    "val/macro_f1",
+    "lr",
+    "throughput",
+    "epoch_time",
+}
 
 
 def test_demo_two_processes_ddp(tmp_path):
     """accelerate's torchrun launcher, 2 CPU processes over gloo, the bundled demo recipe."""
     out = tmp_path / "demo"
     proc = run_script(
-        [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", TRAIN,
-         "recipe=demo", "train.epochs=2", f"output_dir={out}", "tracking.wandb=offline", "tracking.log_every=2"],
+        two_processes(
+            "recipe=demo", "train.epochs=2", f"output_dir={out}", "tracking.wandb=offline", "tracking.log_every=2"
+        ),
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -55,7 +64,10 @@ def test_demo_two_processes_ddp(tmp_path):
     val_rows = [r for r in split_rows if r.split(",")[2] == "val"]
     predicted = (out / "val_predictions.csv").read_text().splitlines()
     assert predicted[0] == "file,label,p_glioma,p_meningioma,p_notumor,p_pituitary"
-    assert sorted(r.split(",")[0] for r in predicted[1:]) == sorted(r.split(",")[0] for r in val_rows) and len(val_rows) == calibration["size"]
+    assert (
+        sorted(r.split(",")[0] for r in predicted[1:]) == sorted(r.split(",")[0] for r in val_rows)
+        and len(val_rows) == calibration["size"]
+    )
     assert results["temperature"] == calibration["temperature"] and "test/ece_calibrated" in results
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0001", "epoch_0002"]
     assert proc.stdout.count("resolved config") == 1  # only the main process prints
@@ -78,7 +90,13 @@ def check_offline_wandb_run(out: Path, results: dict) -> None:
     assert data["config"]["optim"]["lr"] == pytest.approx(1e-3) and data["config"]["recipe"] == "demo"
     keys = set().union(*data["history"])
     assert {"train/loss", "val/acc", "val/macro_f1", "lr", "throughput", "epoch", "step/train_loss", "step/lr"} <= keys
-    for media in ("data/augmentations", "data/class_distribution", "results/curves", "results/confusion_matrix_png", "results/gradcam"):
+    for media in (
+        "data/augmentations",
+        "data/class_distribution",
+        "results/curves",
+        "results/confusion_matrix_png",
+        "results/gradcam",
+    ):
         assert f"{media}/_type" in keys, media
     for table in ("test/confusion_matrix_table", "test/per_class", "data/classes_train", "data/classes_test"):
         assert any(k.startswith(table) for k in keys), table
@@ -116,7 +134,9 @@ def test_kill_and_resume_keeps_every_epoch_exactly_once(tmp_path):
             return False
 
     def epochs_done(n: int):
-        return lambda: ckpts.is_dir() and any(p.name >= f"epoch_{n:04d}" for p in ckpts.iterdir() if p.name.startswith("epoch_"))
+        return lambda: (
+            ckpts.is_dir() and any(p.name >= f"epoch_{n:04d}" for p in ckpts.iterdir() if p.name.startswith("epoch_"))
+        )
 
     kills = [checkpoint_being_written, epochs_done(3), checkpoint_being_written]
     for i, moment in enumerate(kills):
@@ -192,9 +212,15 @@ def test_refuses_to_clobber_then_resume_and_overwrite(tmp_path):
     [
         ("optim.lrr=0.1", "error: unknown key 'optim.lrr' in the command line; did you mean 'optim.lr'?"),
         ("train.epochs=two", "error: train.epochs: Value 'two' of type 'str' could not be converted to Integer"),
-        ("data.val_fraction=1.2", "error: data.val_fraction=1.2 is invalid: expected a fraction in [0, 1) (0: no validation)"),
-        ("data.val_fraction=0", "error: data.val_fraction=0 leaves no validation to choose epochs by "
-                                "train.select_metric=val/macro_f1: set train.select_metric=last"),
+        (
+            "data.val_fraction=1.2",
+            "error: data.val_fraction=1.2 is invalid: expected a fraction in [0, 1) (0: no validation)",
+        ),
+        (
+            "data.val_fraction=0",
+            "error: data.val_fraction=0 leaves no validation to choose epochs by "
+            "train.select_metric=val/macro_f1: set train.select_metric=last",
+        ),
     ],
 )
 def test_config_errors_are_one_line_exit_2(tmp_path, override, message):
@@ -246,9 +272,21 @@ def test_masoud_layout_grayscale_cnn_study(tmp_path):
     """The other public layout, one channel, dataset-statistics normalization, class weights."""
     root = make_dataset(tmp_path / "data", layout="masoud", train_per_class=5, test_per_class=2, size=40)
     out = tmp_path / "run"
-    proc = run_script(python(TRAIN, *fast_overrides(root, out, epochs=2), "augment.preset=cnn_study", "data.channels=1",
-                             "train.class_weights=true", "optim.schedule=cosine", "optim.warmup_epochs=1",
-                             "train.grad_accum=2", "train.grad_clip=1.0", "train.label_smoothing=0.1", "optim.name=sgd"))
+    proc = run_script(
+        python(
+            TRAIN,
+            *fast_overrides(root, out, epochs=2),
+            "augment.preset=cnn_study",
+            "data.channels=1",
+            "train.class_weights=true",
+            "optim.schedule=cosine",
+            "optim.warmup_epochs=1",
+            "train.grad_accum=2",
+            "train.grad_clip=1.0",
+            "train.label_smoothing=0.1",
+            "optim.name=sgd",
+        )
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     info = json.loads((out / "dataset.json").read_text())
     assert len(info["mean"]) == 1 and 0 < info["mean"][0] < 1 and info["std"][0] > 0
@@ -262,22 +300,43 @@ def test_both_pipelines_train(tmp_path, pipeline):
     args = [a for a in fast_overrides(root, out, epochs=2) if not a.startswith(("augment.", "data.cache_dir"))]
     location = "data.cache_location=host" if pipeline == "cached-host" else "data.cache_location=auto"
     pipeline = pipeline.split("-")[0]
-    proc = run_script(python(TRAIN, *args, f"data.pipeline={pipeline}", f"data.cache_dir={tmp_path / 'cache'}", location,
-                             "augment.preset=cnn_study", "train.channels_last=true"))
+    proc = run_script(
+        python(
+            TRAIN,
+            *args,
+            f"data.pipeline={pipeline}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            location,
+            "augment.preset=cnn_study",
+            "train.channels_last=true",
+        )
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((out / "results.json").read_text())["test/size"] == 8
     assert len(list((tmp_path / "cache").glob("*.npy"))) == (1 if pipeline == "cached" else 0)
 
 
 def test_bench_writes_json_with_positive_numbers(tmp_path):
-    proc = run_script(python(str(REPO / "launch" / "bench.py"), "recipe=demo", "--json", "--steps=2", "--warmup=1", "--rounds=2", "--pipelines=cached,pil",
-                             "data.image_size=64", "train.batch_size=8", f"data.cache_dir={tmp_path}"))
+    proc = run_script(
+        python(
+            str(REPO / "launch" / "bench.py"),
+            "recipe=demo",
+            "--json",
+            "--steps=2",
+            "--warmup=1",
+            "--rounds=2",
+            "--pipelines=cached,pil",
+            "data.image_size=64",
+            "train.batch_size=8",
+            f"data.cache_dir={tmp_path}",
+        )
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     for pipeline in ("cached", "pil"):
         for key in ("pipeline_img_s", "model_img_s", "train_img_s", "ratio"):
             assert result[pipeline][key] > 0, (pipeline, key)
-    from brainmri.distributed import cpu_has_native_bf16, resolve_precision
+    from brainmri.training.distributed import cpu_has_native_bf16, resolve_precision
 
     assert result["cache_build_s"] > 0 and result["peak_rss_mb"] > 0
     assert result["precision"] == resolve_precision("auto", torch.device("cpu"))
@@ -288,17 +347,18 @@ def test_bench_writes_json_with_positive_numbers(tmp_path):
 
 
 def test_bench_rejects_a_bad_count_in_one_line(tmp_path):
-    proc = run_script(python(str(REPO / "launch" / "bench.py"), "recipe=demo", "--steps=many", f"data.cache_dir={tmp_path}"))
+    proc = run_script(
+        python(str(REPO / "launch" / "bench.py"), "recipe=demo", "--steps=many", f"data.cache_dir={tmp_path}")
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: --steps wants a whole number >= 1, got 'many'"]
 
 
 STOP_SCRIPT = """
-import sys, threading, time
+import os, sys, threading, time
 from pathlib import Path
-sys.path.insert(0, sys.argv[1] + "/launch")
-import train
-from brainmri.engine import TrainingInterrupted
+from brainmri.training import entry
+from brainmri.training.engine import TrainingInterrupted
 
 out, stop = Path(sys.argv[2]), threading.Event()
 
@@ -309,7 +369,7 @@ def request_stop_after_epoch_1():
 
 threading.Thread(target=request_stop_after_epoch_1, daemon=True).start()
 try:
-    train.main(sys.argv[3:], stop_event=stop)
+    entry.main(sys.argv[3:], Path(sys.argv[1]) / "recipes", os.environ, stop_event=stop)
 except TrainingInterrupted as e:
     print("interrupted:", e)
 """
@@ -340,9 +400,23 @@ def test_resumes_a_run_written_before_the_engine_was_split(tmp_path):
     Trainer continues it: the old history stays exactly, the schedule goes on from step 8."""
     out = tmp_path / "run"
     shutil.copytree(FIXTURE, out)
-    proc = run_script(python(TRAIN, "recipe=demo", "model.name=cnn0", "data.image_size=64", "data.channels=3", "optim.lr=2e-3", "train.epochs=2",
-                             "train.batch_size=16", "augment.preset=none", "tracking.wandb=disabled", f"output_dir={out}",
-                             f"data.cache_dir={tmp_path / 'cache'}", "resume=auto"))
+    proc = run_script(
+        python(
+            TRAIN,
+            "recipe=demo",
+            "model.name=cnn0",
+            "data.image_size=64",
+            "data.channels=3",
+            "optim.lr=2e-3",
+            "train.epochs=2",
+            "train.batch_size=16",
+            "augment.preset=none",
+            "tracking.wandb=disabled",
+            f"output_dir={out}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "resume=auto",
+        )
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     history = read_jsonl(out / "metrics.jsonl")
     assert history[0] == read_jsonl(FIXTURE / "metrics.jsonl")[0]
@@ -363,9 +437,7 @@ def test_compiled_ddp_run_writes_weights_that_evaluate_loads(tmp_path):
     root = make_dataset(tmp_path / "data", train_per_class=6, test_per_class=2, size=40)
     out = tmp_path / "run"
     proc = run_script(
-        [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", TRAIN,
-         *fast_overrides(root, out, epochs=1), "train.compile=true"],
+        two_processes(*fast_overrides(root, out, epochs=1), "train.compile=true"),
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -376,6 +448,13 @@ def test_compiled_ddp_run_writes_weights_that_evaluate_loads(tmp_path):
     evaluated = run_script(python(str(REPO / "launch" / "evaluate.py"), f"run={out}", f"data.root={root}"))
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     image = next((root / "Testing").rglob("*.jpg"))
-    predicted = run_script(python(str(REPO / "launch" / "predict.py"), f"checkpoint={out / 'best.safetensors'}", str(image),
-                                "--out", str(tmp_path / "predictions")))
+    predicted = run_script(
+        python(
+            str(REPO / "launch" / "predict.py"),
+            f"checkpoint={out / 'best.safetensors'}",
+            str(image),
+            "--out",
+            str(tmp_path / "predictions"),
+        )
+    )
     assert predicted.returncode == 0, predicted.stderr[-2000:]

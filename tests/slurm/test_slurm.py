@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from brainmri.rundir import read_jsonl
-from tests.conftest import REPO, python, run_script
+from tests.conftest import REPO, python, run_script, two_processes
 from tests.wandb_records import read_records, summarize, wait_for_exit_record
 
 SUBMIT = str(REPO / "launch" / "submit.py")
@@ -28,7 +28,9 @@ ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 
 def queue_ids() -> set[str]:
     """Every job SLURM knows, finished ones included (MinJobAge keeps them 10 minutes)."""
-    out = subprocess.run(["squeue", "-h", "-r", "--states=all", "-o", "%i"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "--states=all", "-o", "%i"], capture_output=True, text=True, check=True
+    ).stdout
     return set(out.split())
 
 
@@ -47,8 +49,19 @@ def test_two_node_job_trains_like_two_processes_on_one_node(tmp_path):
     cache in its own TMPDIR; the test metrics equal a 2-process run on one machine (same
     seed, one thread per process: the job's tasks have one CPU each)."""
     out = tmp_path / "run"
-    proc = run_script(python(SUBMIT, "recipe=demo", f"output_dir={out}", *TWO_NODES, "train.epochs=1",
-                             "tracking.wandb=offline", *SMALL, "--wait"), timeout=900)
+    proc = run_script(
+        python(
+            SUBMIT,
+            "recipe=demo",
+            f"output_dir={out}",
+            *TWO_NODES,
+            "train.epochs=1",
+            "tracking.wandb=offline",
+            *SMALL,
+            "--wait",
+        ),
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     jid = job_id(proc.stdout)
     assert f"stdout:     {out}/slurm/{jid}_0_log.out" in proc.stdout and f"job {jid} finished" in proc.stdout
@@ -67,10 +80,18 @@ def test_two_node_job_trains_like_two_processes_on_one_node(tmp_path):
     assert len(list((out / "wandb").glob("offline-run-*"))) == 1
 
     local = tmp_path / "local"
-    ref = run_script([ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                      "--dynamo_backend", "no", str(REPO / "launch" / "train.py"), "recipe=demo", f"output_dir={local}",
-                      "train.epochs=1", "tracking.wandb=disabled", "data.num_workers=0", *SMALL],
-                     timeout=900, env={"OMP_NUM_THREADS": "1"})
+    ref = run_script(
+        two_processes(
+            "recipe=demo",
+            f"output_dir={local}",
+            "train.epochs=1",
+            "tracking.wandb=disabled",
+            "data.num_workers=0",
+            *SMALL,
+        ),
+        timeout=900,
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert ref.returncode == 0, ref.stderr[-3000:]
     expected = json.loads((local / "results.json").read_text())
     for key in ("test/acc", "test/loss", "test/macro_f1", "test/auroc_macro", "test/ece"):
@@ -82,19 +103,35 @@ def test_multi_node_template_trains_on_two_nodes(tmp_path):
     ranks 0 and 1, on CPU nodes with --gpus-per-node=0 and nothing else changed."""
     out, log = tmp_path / "run", tmp_path / "job.out"
     proc = subprocess.run(
-        ["sbatch", "--wait", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1", "--gpus-per-node=0", f"--output={log}",
-         str(REPO / "slurm" / "templates" / "multi_node.sbatch"), "recipe=demo", "train.epochs=1", "tracking.wandb=disabled",
-         "tracking.name=two nodes, one run", *SMALL],
+        [
+            "sbatch",
+            "--wait",
+            "--nodes=2",
+            "--ntasks-per-node=1",
+            "--cpus-per-task=1",
+            "--gpus-per-node=0",
+            f"--output={log}",
+            str(REPO / "slurm" / "templates" / "multi_node.sbatch"),
+            "recipe=demo",
+            "train.epochs=1",
+            "tracking.wandb=disabled",
+            "tracking.name=two nodes, one run",
+            *SMALL,
+        ],
         env={**os.environ, "ACCELERATE": ACCELERATE, "BRAINMRI_DIR": str(REPO), "OUTPUT_DIR": str(out)},
-        capture_output=True, text=True, timeout=900,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     text = log.read_text() if log.exists() else ""
     assert proc.returncode == 0, proc.stderr + text[-3000:]
     jid = re.search(r"Submitted batch job (\d+)", proc.stdout).group(1)
     port = 20000 + int(jid) % 12000
-    hosts = sorted(l for l in text.splitlines() if l.startswith("[brainmri] node"))
-    assert hosts == [f"[brainmri] node node1: machine rank 0 of 2, 1 process(es), rendezvous node1:{port}",
-                     f"[brainmri] node node2: machine rank 1 of 2, 1 process(es), rendezvous node1:{port}"]
+    hosts = sorted(ln for ln in text.splitlines() if ln.startswith("[brainmri] node"))
+    assert hosts == [
+        f"[brainmri] node node1: machine rank 0 of 2, 1 process(es), rendezvous node1:{port}",
+        f"[brainmri] node node2: machine rank 1 of 2, 1 process(es), rendezvous node1:{port}",
+    ]
     assert json.loads((out / "results.json").read_text())["world_size"] == 2
     assert "name: two nodes, one run" in (out / "config.yaml").read_text()
 
@@ -104,25 +141,52 @@ def test_dry_run_prints_the_check_the_ranks_and_sbatch_and_submits_nothing(tmp_p
     out = tmp_path / "run"
     proc = run_script(python(SUBMIT, "recipe=demo", f"output_dir={out}", *TWO_NODES, "--dry-run"))
     assert proc.returncode == 0, proc.stderr
-    assert "partition debug: 2 node(s), 1 CPU(s), up to 0 GPU(s) and" in proc.stdout and "the request fits" in proc.stdout
-    ranks = [l.split("│")[1:7] for l in proc.stdout.splitlines() if re.match(r"│ [01] ", l)]
-    assert [[c.strip() for c in r] for r in ranks] == [["0", "<node0>", "0", "-", "cpu", "1"], ["1", "<node1>", "0", "-", "cpu", "1"]]
-    gpu = run_script(python(SUBMIT, "recipe=resnet18_512", "data.root=/data/x", f"output_dir={out}", "slurm.nodes=2",
-                            "slurm.gpus_per_node=4", "slurm.partition=gpu", "slurm.additional.reservation=mri",
-                            "slurm.check_resources=false", "--dry-run"))
+    assert (
+        "partition debug: 2 node(s), 1 CPU(s), up to 0 GPU(s) and" in proc.stdout and "the request fits" in proc.stdout
+    )
+    ranks = [ln.split("│")[1:7] for ln in proc.stdout.splitlines() if re.match(r"│ [01] ", ln)]
+    assert [[c.strip() for c in r] for r in ranks] == [
+        ["0", "<node0>", "0", "-", "cpu", "1"],
+        ["1", "<node1>", "0", "-", "cpu", "1"],
+    ]
+    gpu = run_script(
+        python(
+            SUBMIT,
+            "recipe=resnet18_512",
+            "data.root=/data/x",
+            f"output_dir={out}",
+            "slurm.nodes=2",
+            "slurm.gpus_per_node=4",
+            "slurm.partition=gpu",
+            "slurm.additional.reservation=mri",
+            "slurm.check_resources=false",
+            "--dry-run",
+        )
+    )
     assert gpu.returncode == 0, gpu.stderr
-    for line in ("#SBATCH --nodes=2", "#SBATCH --gpus-per-node=4", "#SBATCH --ntasks-per-node=4", "not checked against sinfo",
-                 "#SBATCH --partition=gpu", "#SBATCH --reservation=mri", "#SBATCH --signal=USR2@90", "recipe: resnet18_512"):
+    for line in (
+        "#SBATCH --nodes=2",
+        "#SBATCH --gpus-per-node=4",
+        "#SBATCH --ntasks-per-node=4",
+        "not checked against sinfo",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --reservation=mri",
+        "#SBATCH --signal=USR2@90",
+        "recipe: resnet18_512",
+    ):
         assert line in gpu.stdout, line
-    assert len([l for l in gpu.stdout.splitlines() if "cuda:0" in l]) == 8
+    assert len([ln for ln in gpu.stdout.splitlines() if "cuda:0" in ln]) == 8
     assert queue_ids() <= before  # no new job
     assert not list((out / "slurm").glob("*_submitted.pkl"))
 
 
 def test_preempted_two_node_job_stops_every_rank_at_one_step_and_keeps_every_epoch_once(tmp_path):
     out = tmp_path / "run"
-    proc = run_script(python(SUBMIT, "recipe=demo", f"output_dir={out}", *TWO_NODES, "train.epochs=4",
-                             "tracking.wandb=offline", *SMALL))
+    proc = run_script(
+        python(
+            SUBMIT, "recipe=demo", f"output_dir={out}", *TWO_NODES, "train.epochs=4", "tracking.wandb=offline", *SMALL
+        )
+    )
     assert proc.returncode == 0, proc.stderr
     jid = job_id(proc.stdout)
     deadline = time.time() + 600
@@ -171,7 +235,9 @@ def test_sweep_of_two_node_trials_one_array_then_nothing_then_status_then_only_t
         assert Path(t["output_dir"]).parent == sweep_dir and (Path(t["output_dir"]) / "results.json").exists()
         assert "group: demo" in (Path(t["output_dir"]) / "config.yaml").read_text()  # W&B group = sweep name
         assert json.loads((Path(t["output_dir"]) / "results.json").read_text())["world_size"] == 2
-        logs = "".join((Path(t["output_dir"]).parent / "slurm" / f"{t['job_id']}_{r}_log.out").read_text() for r in (0, 1))
+        logs = "".join(
+            (Path(t["output_dir"]).parent / "slurm" / f"{t['job_id']}_{r}_log.out").read_text() for r in (0, 1)
+        )
         assert "on node node1" in logs and "on node node2" in logs
     assert "t00-lr=0.001" in {t["name"] for t in trials}
     before = queue_ids()
@@ -209,8 +275,12 @@ def test_cv_sweep_runs_every_fold_as_one_array_and_reports_mean_and_std(tmp_path
     out-of-fold probabilities; status shows mean ± std, writes the error-bar figure and logs
     it to one W&B summary run (offline) in the sweep's group."""
     sweep_dir = tmp_path / "cv"
-    proc = run_script(python(SWEEP, "sweep=demo", "cv=2", "slurm.nodes=1", f"output_dir={sweep_dir}", "tracking.wandb=offline",
-                             "--wait"), timeout=900)
+    proc = run_script(
+        python(
+            SWEEP, "sweep=demo", "cv=2", "slurm.nodes=1", f"output_dir={sweep_dir}", "tracking.wandb=offline", "--wait"
+        ),
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     manifest = json.loads((sweep_dir / "manifest.json").read_text())
     trials = manifest["trials"]
@@ -234,9 +304,13 @@ def test_cv_sweep_runs_every_fold_as_one_array_and_reports_mean_and_std(tmp_path
     assert run.run_group == "demo" and run.job_type == "cv-summary"
     assert summarize(summary_file)["summary"]["cv/val/acc/_type"] == "image-file"
     # The label audit reads the best setting's out-of-fold predictions; the ensemble scores the test split.
-    audit = run_script(python(str(REPO / "launch" / "audit.py"), "labels", str(sweep_dir), f"--out={tmp_path / 'labels'}"))
+    audit = run_script(
+        python(str(REPO / "launch" / "audit.py"), "labels", str(sweep_dir), f"--out={tmp_path / 'labels'}")
+    )
     assert audit.returncode == 0, audit.stderr
-    assert re.search(r"\d+ label issue\(s\) among 160 Training images \(setting t0\d-lr=0.00\d\)", " ".join(audit.stdout.split()))
+    assert re.search(
+        r"\d+ label issue\(s\) among 160 Training images \(setting t0\d-lr=0.00\d\)", " ".join(audit.stdout.split())
+    )
     assert (tmp_path / "labels" / "label_issues.csv").read_text().startswith("file,given,suggested,score,p_suggested\n")
     ensemble = run_script(python(str(REPO / "launch" / "evaluate.py"), f"run={sweep_dir}"))
     assert ensemble.returncode == 0, ensemble.stderr
@@ -247,11 +321,20 @@ def test_a_request_no_node_can_run_is_refused_before_submitting(tmp_path):
     """The new user's mistake: 2 tasks per node on 1-CPU nodes (sbatch would accept it and
     leave it pending with PartitionConfig forever)."""
     before = queue_ids()
-    proc = run_script(python(SUBMIT, "recipe=demo", "slurm.gpus_per_node=0", "slurm.tasks_per_node=2",
-                             f"output_dir={tmp_path / 'run'}", "--wait"))
+    proc = run_script(
+        python(
+            SUBMIT,
+            "recipe=demo",
+            "slurm.gpus_per_node=0",
+            "slurm.tasks_per_node=2",
+            f"output_dir={tmp_path / 'run'}",
+            "--wait",
+        )
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: slurm.cpus_per_task=1 x slurm.tasks_per_node=2 = 2 CPUs per node; the largest node in partition debug has 1"]
+        "error: slurm.cpus_per_task=1 x slurm.tasks_per_node=2 = 2 CPUs per node; the largest node in partition debug has 1"
+    ]
     assert queue_ids() <= before and not (tmp_path / "run").exists()
 
 
@@ -259,23 +342,47 @@ def test_wait_ends_on_a_reason_that_cannot_clear(tmp_path):
     """Unchecked (slurm.check_resources=false), 8 CPUs x 2 tasks on 1-CPU nodes: sbatch accepts
     it and it pends with PartitionConfig; --wait shows that and gives up at once with exit 1."""
     started = time.time()
-    proc = run_script(python(SUBMIT, "recipe=demo", "slurm.gpus_per_node=0", "slurm.tasks_per_node=2", "slurm.cpus_per_task=8",
-                             "slurm.check_resources=false",
-                             f"output_dir={tmp_path / 'run'}", "--wait"), timeout=120)
+    proc = run_script(
+        python(
+            SUBMIT,
+            "recipe=demo",
+            "slurm.gpus_per_node=0",
+            "slurm.tasks_per_node=2",
+            "slurm.cpus_per_task=8",
+            "slurm.check_resources=false",
+            f"output_dir={tmp_path / 'run'}",
+            "--wait",
+        ),
+        timeout=120,
+    )
     jid = job_id(proc.stdout)
     subprocess.run(["scancel", jid])
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"job {jid}: PENDING (PartitionConfig)" in proc.stdout
-    assert (f"job {jid}: cannot start: PartitionConfig (the request exceeds what partition's nodes offer); "
-            f"it is still queued: scancel {jid}") in " ".join(proc.stdout.split())
+    assert (
+        f"job {jid}: cannot start: PartitionConfig (the request exceeds what partition's nodes offer); "
+        f"it is still queued: scancel {jid}"
+    ) in " ".join(proc.stdout.split())
     assert time.time() - started < 60
 
 
 def test_wait_notices_a_job_cancelled_before_it_started(tmp_path):
     """No accounting: submitit alone would wait forever on a job that left the queue without a result."""
-    proc = subprocess.Popen(python(SUBMIT, "recipe=demo", f"output_dir={tmp_path / 'run'}", *TWO_NODES, "slurm.additional.begin=now+3600",
-                                   "--wait"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        python(
+            SUBMIT,
+            "recipe=demo",
+            f"output_dir={tmp_path / 'run'}",
+            *TWO_NODES,
+            "slurm.additional.begin=now+3600",
+            "--wait",
+        ),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     seen = ""
     deadline = time.time() + 60
     while "PENDING (BeginTime)" not in seen:
@@ -287,24 +394,34 @@ def test_wait_notices_a_job_cancelled_before_it_started(tmp_path):
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1, seen + stdout + stderr
     assert time.time() - cancelled < 30
-    assert re.search(rf"job {jid}: (ended CANCELLED before it started, without a result|left the queue without a result \(before it started)",
-                     " ".join((seen + stdout).split())), seen + stdout
+    assert re.search(
+        rf"job {jid}: (ended CANCELLED before it started, without a result|left the queue without a result \(before it started)",
+        " ".join((seen + stdout).split()),
+    ), seen + stdout
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["recipe=demo", "slurm.partion=x"], "error: unknown key 'slurm.partion' in the command line; did you mean 'slurm.partition'?"),
-        (["recipe=demo", "slurm.partition=nosuchpartition", *CPU_JOB], "error: slurm.partition=nosuchpartition: no such partition (partitions: debug)"),
-        (["recipe=demo", "slurm.partition=nosuchpartition", "slurm.check_resources=false", *CPU_JOB],
-         "error: sbatch refused the job: invalid partition specified: nosuchpartition; Batch job submission failed: Invalid partition name specified"),
+        (
+            ["recipe=demo", "slurm.partion=x"],
+            "error: unknown key 'slurm.partion' in the command line; did you mean 'slurm.partition'?",
+        ),
+        (
+            ["recipe=demo", "slurm.partition=nosuchpartition", *CPU_JOB],
+            "error: slurm.partition=nosuchpartition: no such partition (partitions: debug)",
+        ),
+        (
+            ["recipe=demo", "slurm.partition=nosuchpartition", "slurm.check_resources=false", *CPU_JOB],
+            "error: sbatch refused the job: invalid partition specified: nosuchpartition; Batch job submission failed: Invalid partition name specified",
+        ),
     ],
 )
 def test_submit_bad_input_submits_nothing(tmp_path, args, message):
     before = queue_ids()
     proc = run_script(python(SUBMIT, *args, f"output_dir={tmp_path / 'run'}"))
     assert proc.returncode == 2
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert errors == [message], proc.stderr
     assert "Traceback" not in proc.stderr
     assert queue_ids() <= before  # no new job

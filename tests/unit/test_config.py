@@ -41,7 +41,10 @@ def test_unknown_key_names_nearest(arg, expected):
         ("optim.lr=-1", "optim.lr=-1.0 is invalid: expected a positive learning rate"),
         ("data.val_fraction=1.5", "data.val_fraction=1.5 is invalid: expected a fraction in \\[0, 1\\)"),
         ("data.val_fraction=-0.1", "data.val_fraction"),
-        ("data.val_fraction=0", "no validation to choose epochs by train.select_metric=val/macro_f1: set train.select_metric=last"),
+        (
+            "data.val_fraction=0",
+            "no validation to choose epochs by train.select_metric=val/macro_f1: set train.select_metric=last",
+        ),
         ("train.tta=vflip", "train.tta='vflip' is invalid: expected one of none\\|hflip"),
         ("data.channels=2", "data.channels=2 is invalid: expected one of 1\\|3"),
         ("train.mixed_precision=fp8", "train.mixed_precision"),
@@ -109,7 +112,9 @@ def test_config_validates_on_creation():
 
 
 def test_unknown_key_without_near_match_lists_the_section():
-    with pytest.raises(ConfigError, match=r"unknown key 'slurm.x' in the command line; slurm has: cluster, partition, nodes"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'slurm.x' in the command line; slurm has: cluster, partition, nodes"
+    ):
         load_config(["slurm.x=1"], RECIPES)
 
 
@@ -119,7 +124,9 @@ def test_free_form_sbatch_options_are_accepted():
 
 
 def test_string_keys_take_cli_values_verbatim(tmp_path):
-    cfg = load_config(["train.mixed_precision=no", "model.name=resnet18", "tracking.name=on", "output_dir=null"], RECIPES)
+    cfg = load_config(
+        ["train.mixed_precision=no", "model.name=resnet18", "tracking.name=on", "output_dir=null"], RECIPES
+    )
     assert cfg.train.mixed_precision == "no" and cfg.tracking.name == "on" and cfg.output_dir is None
     recipe = tmp_path / "r.yaml"
     recipe.write_text("train:\n  mixed_precision: no\n")  # YAML 1.1: a bare no is false
@@ -130,7 +137,12 @@ def test_string_keys_take_cli_values_verbatim(tmp_path):
 def test_flat_dict():
     from brainmri.config import flat_dict
 
-    assert flat_dict({"a": {"b": 1, "c": {}}, "d": 2, "e": {"f": {"g": 3}}}) == {"a.b": 1, "a.c": {}, "d": 2, "e.f.g": 3}
+    assert flat_dict({"a": {"b": 1, "c": {}}, "d": 2, "e": {"f": {"g": 3}}}) == {
+        "a.b": 1,
+        "a.c": {},
+        "d": 2,
+        "e.f.g": 3,
+    }
 
 
 def test_a_refit_without_validation_selects_the_last_epoch():
@@ -140,16 +152,21 @@ def test_a_refit_without_validation_selects_the_last_epoch():
     assert load_config([], RECIPES).has_validation
 
 
-@pytest.mark.parametrize("overrides", [
-    ["data.val_fraction=0", "train.select_metric=last"],
-    ["data.val_fraction=0", "data.folds=3", "data.fold=2"],
-    ["data.val_fraction=0.2"],
-    ["data.folds=5", "data.fold=0", "data.split_groups=none"],
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["data.val_fraction=0", "train.select_metric=last"],
+        ["data.val_fraction=0", "data.folds=3", "data.fold=2"],
+        ["data.val_fraction=0.2"],
+        ["data.folds=5", "data.fold=0", "data.split_groups=none"],
+    ],
+)
 def test_the_config_and_the_split_share_one_validation_rule(overrides):
     """The config refuses a validation metric exactly when the split would make no validation."""
-    from brainmri.data.datasets import split_rule
+    from brainmri.data.splits import split_rule
 
     cfg = load_config(overrides, RECIPES)
     assert cfg.has_validation == split_rule(cfg.data, cfg.seed).has_validation
-    assert cfg.has_validation == ("data.val_fraction=0" not in overrides or any(o.startswith("data.folds") for o in overrides))
+    assert cfg.has_validation == (
+        "data.val_fraction=0" not in overrides or any(o.startswith("data.folds") for o in overrides)
+    )

@@ -17,7 +17,11 @@ def test_metric_direction_is_one_rule():
     assert not lower_is_better("val/acc") and not lower_is_better("val/macro_f1")
     assert is_better("val/loss", 0.4, 0.5) and not is_better("val/loss", 0.6, 0.5)
     assert is_better("val/acc", 0.6, 0.5) and is_better("val/acc", 0.1, None)
-    assert best_of("val/loss", [0.5, 0.3, 0.4]) == 0.3 and best_of("val/acc", [0.5, 0.7]) == 0.7 and best_of("val/acc", []) is None
+    assert (
+        best_of("val/loss", [0.5, 0.3, 0.4]) == 0.3
+        and best_of("val/acc", [0.5, 0.7]) == 0.7
+        and best_of("val/acc", []) is None
+    )
 
 
 def test_epoch_records_read_and_write_the_metrics_jsonl_of_earlier_runs_unchanged():

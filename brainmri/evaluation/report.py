@@ -1,0 +1,93 @@
+"""One evaluation's typed result (:class:`Evaluation`), its JSON report (``eval_<split>.json``,
+keys in the order earlier versions wrote them) and its figures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+
+from brainmri.scoring.metrics import reliability_bins, roc_curves
+
+
+@dataclass
+class CalibratedScore:
+    """The split scored again with each member's temperature."""
+
+    temperatures: list[float]  # one per run (one for a single run)
+    fitted_on: str  # val | cv | test: where the (first) temperature was fitted
+    metrics: dict[str, Any]
+    probs: torch.Tensor  # (N, C)
+
+    @property
+    def temperature(self) -> Union[float, list[float]]:
+        """As the report writes it: a number for one run, a list for an ensemble."""
+        return self.temperatures[0] if len(self.temperatures) == 1 else list(self.temperatures)
+
+
+@dataclass
+class Evaluation:
+    """Every metric of one split (for one run or an ensemble's mean probabilities)."""
+
+    split: str
+    metrics: dict[str, Any]  # brainmri.scoring.metrics.classification_metrics plus <split>/loss
+    probs: torch.Tensor  # (N, C)
+    targets: torch.Tensor  # (N,)
+    leaks: dict[str, str] = field(default_factory=dict)  # test file -> the Training file with its pixels
+    leakage_free: Optional[dict[str, Any]] = None  # the metrics without the leaked images, with their "size"
+    calibrated: Optional[CalibratedScore] = None
+
+    @property
+    def size(self) -> int:
+        return len(self.targets)
+
+    def report(self, weights: Union[str, list[str]], tta: Union[str, list[str]], data_root: Path) -> dict[str, Any]:
+        """``eval_<split>.json``."""
+        split, cal = self.split, self.calibrated
+        return {
+            "split": split,
+            "size": self.size,
+            "weights": weights,
+            "tta": tta,
+            "data_root": str(data_root),
+            **self.metrics,
+            "train_test_leaks": len(self.leaks),
+            "leaked_files": sorted(self.leaks),
+            "leakage_free": self.leakage_free,
+            "calibration": None
+            if cal is None
+            else {
+                "temperature": cal.temperature,
+                "fitted_on": cal.fitted_on,
+                f"{split}/ece": cal.metrics[f"{split}/ece"],
+                f"{split}/loss": cal.metrics[f"{split}/loss"],
+            },
+        }
+
+
+def evaluation_figures(
+    result: Evaluation, class_names: Sequence[str], figures_dir: Path, split: str, stem: Optional[str] = None
+) -> list[Path]:
+    """Confusion matrix, ROC curves and reliability diagram of one evaluation, as PNGs
+    named ``<stem>_<figure>.png`` (stem: ``eval_<split>``)."""
+    from brainmri.reporting import figures
+
+    m = result.metrics
+    probs, targets = result.probs, result.targets
+    stem = stem or f"eval_{split}"
+    paths = [figures_dir / f"{stem}_{name}.png" for name in ("confusion_matrix", "roc", "reliability")]
+    figures.save_figure(
+        figures.confusion_matrix(m["confusion_matrix"], class_names, f"{split.capitalize()} confusion matrix"), paths[0]
+    )
+    aucs = [m["per_class"][c]["auroc"] for c in class_names]
+    figures.save_figure(figures.roc_curves(roc_curves(probs, targets, len(class_names)), aucs, class_names), paths[1])
+    figures.save_figure(figures.reliability_diagram(reliability_bins(probs, targets), m[f"{split}/ece"]), paths[2])
+    if result.calibrated is not None:
+        cal = result.calibrated
+        paths.append(figures_dir / f"{stem}_reliability_calibrated.png")
+        figures.save_figure(
+            figures.reliability_diagram(reliability_bins(cal.probs, targets), cal.metrics[f"{split}/ece"]), paths[3]
+        )
+    return paths

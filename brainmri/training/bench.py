@@ -1,0 +1,194 @@
+"""Throughput of the input pipeline, the Trainer's step, and both together (images per second).
+
+Everything is built by :func:`brainmri.training.step.build_training`, as the Trainer builds it: the
+same loaders, model, precision, optimizer, loss and batch transform. ``model_img_s`` is
+the bound: the Trainer's step on one batch already transformed on the device.
+``pipeline_img_s`` is the input alone: read or decode, augment, collate, transfer.
+``train_img_s`` is the Trainer's step on the loader's batches. A pipeline keeps up when
+``train_img_s / model_img_s`` is close to 1; the two are measured in alternating windows
+so that drift in the machine's speed cancels out of the ratio.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+
+from brainmri.config import Config
+from brainmri.data.loaders import auto_workers
+from brainmri.data.samples import DatasetSplits, resolve_root
+from brainmri.data.scan import scan_dataset
+from brainmri.data.splits import split_rule
+from brainmri.data.transforms import fixed_normalization, resolve_augment
+from brainmri.records import DatasetInfo
+from brainmri.training.distributed import cpu_has_native_bf16, make_accelerator
+from brainmri.training.preparation import dataset_info
+from brainmri.training.step import Training, build_training
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(batches: Iterator[int], skip: int, steps: int, device: torch.device) -> tuple[int, float]:
+    """(images, seconds) over ``steps`` batches after skipping ``skip``."""
+    for _ in range(skip):
+        next(batches)
+    _sync(device)
+    start, images = time.perf_counter(), 0
+    for _ in range(steps):
+        images += next(batches)
+    _sync(device)
+    return images, time.perf_counter() - start
+
+
+def _prefetched(loader: DataLoader) -> int:
+    """Batches the loader's workers can have ready before they are asked: free at a window's start."""
+    workers = getattr(loader, "num_workers", 0)
+    return workers * (getattr(loader, "prefetch_factor", 0) or 0) if workers > 0 else 0
+
+
+def _forever(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for images, targets, _ in itertools.chain.from_iterable(itertools.repeat(loader)):
+        yield images, targets
+
+
+def _speed_only_info(cfg: Config, splits: DatasetSplits) -> DatasetInfo:
+    """The run's normalization where it is fixed; otherwise a stand-in (speed does not
+    depend on the values, and measuring them would decode the whole dataset)."""
+    stats = fixed_normalization(resolve_augment(cfg.augment).normalize, cfg.data.channels)
+    mean, std = stats if stats else ((0.5,) * cfg.data.channels, (0.25,) * cfg.data.channels)
+    return dataset_info(cfg, splits, list(mean), list(std))
+
+
+def measure_pipeline(training: Training, device: torch.device, warmup: int, steps: int, rounds: int) -> dict:
+    """Input alone, then alternating windows of the step on one ready batch and on real batches."""
+    step = training.step
+    step.model.train()
+    inputs = ((step.prepare(x, step.transform), y) for x, y in _forever(training.train_loader))
+    images, seconds = _timed((len(y) for _, y in inputs), warmup, steps, device)
+    pipeline_img_s = images / seconds
+    ready, targets = next(inputs)
+
+    def bound() -> Iterator[int]:
+        while True:
+            step.update(ready, targets)
+            yield len(targets)
+
+    def trained() -> Iterator[int]:
+        for x, y in _forever(training.train_loader):
+            step(x, y)
+            yield len(y)
+
+    model, train = bound(), trained()
+    totals = {"model": [0, 0.0], "train": [0, 0.0]}
+    for r in range(rounds):
+        for name, batches, skip in (
+            ("model", model, warmup if r == 0 else 0),
+            ("train", train, warmup if r == 0 else _prefetched(training.train_loader)),
+        ):
+            n, t = _timed(batches, skip, steps, device)
+            totals[name][0] += n
+            totals[name][1] += t
+    model_img_s, train_img_s = (totals[k][0] / totals[k][1] for k in ("model", "train"))
+    return {
+        "pipeline_img_s": round(pipeline_img_s, 2),
+        "model_img_s": round(model_img_s, 2),
+        "train_img_s": round(train_img_s, 2),
+        "ratio": round(train_img_s / model_img_s, 3),
+    }
+
+
+def describe(cfg: Config, accelerator: Accelerator, splits: DatasetSplits) -> dict:
+    device = accelerator.device
+    return {
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads)",
+        "cpu": cpu_name(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
+        "precision": accelerator.mixed_precision,
+        "model": cfg.model.name,
+        "image_size": cfg.data.image_size,
+        "batch_size": cfg.train.batch_size,
+        "channels_last": cfg.train.channels_last,
+        "compile": cfg.train.compile,
+        "optimizer": cfg.optim.name,
+        "train_images": len(splits.train),
+        "torch": torch.__version__,
+    }
+
+
+def run_benchmark(
+    cfg: Config,
+    pipelines: tuple[str, ...] = ("cached",),
+    warmup: int = 1,
+    steps: int = 2,
+    rounds: int = 2,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Measure every pipeline on ``cfg`` (model, precision, batch size, image size).
+
+    For each pipeline, windows of ``steps`` model-only steps and ``steps`` training steps
+    alternate ``rounds`` times and the ratio pools them. A machine's speed drifts by a few
+    per cent over minutes (turbo, neighbours on a shared node); measured one after the other,
+    that drift would land in the ratio, while alternating windows see the same machine.
+    Batches the loader's workers prefetched during a model window are skipped, not counted.
+    """
+    accelerator = make_accelerator(cfg.train)
+    device = accelerator.device
+    # Speed does not depend on which images validate: skip the perceptual hashes of the grouped split.
+    rule = dataclasses.replace(split_rule(cfg.data, cfg.seed), groups="none")
+    splits = scan_dataset(resolve_root(cfg.data.root), rule, "skip", workers=auto_workers(1))
+    info = _speed_only_info(cfg, splits)
+    out = {**describe(cfg, accelerator, splits), "steps": steps, "rounds": rounds}
+    log(
+        f"the Trainer's step: {cfg.model.name} {cfg.train.batch_size}x{cfg.in_chans}x{cfg.data.image_size}² "
+        f"{out['precision']} on {out['device']}"
+    )
+    scratch = Path(
+        tempfile.mkdtemp(prefix="brainmri-bench-", dir=cfg.data.cache_dir)
+    )  # a fresh cache: build time counts
+    try:
+        for pipeline in pipelines:
+            log(f"{pipeline}: building the loaders, model and step as the Trainer does")
+            data = dataclasses.replace(cfg.data, pipeline=pipeline, cache_dir=str(scratch))
+            training = build_training(dataclasses.replace(cfg, data=data), accelerator, splits, info)
+            log(f"{pipeline}: input alone, then {rounds} round(s) of {steps} model-only and {steps} training steps")
+            out[pipeline] = measure_pipeline(training, device, warmup, steps, rounds)
+            if pipeline == "cached":
+                out["cache_build_s"] = round(training.loaders.cache_build_seconds, 2)
+                out["cache_on_device"] = training.loaders.cache_on_device
+                out["cache_upload_s"] = round(training.loaders.cache_upload_seconds, 2)
+            del training  # workers and the device copy of the cache go now
+            accelerator.free_memory()
+        if "pil" in out:
+            out["pil_epoch_s"] = round(len(splits.train) / out["pil"]["train_img_s"], 1)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    usage = max(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    )
+    out["peak_rss_mb"] = round(usage / 1024, 1)
+    return out

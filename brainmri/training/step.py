@@ -1,0 +1,163 @@
+"""The training step of a run and everything it is built from: loaders, model, optimizer,
+loss, schedule and batch transforms, prepared by Accelerate.
+
+:func:`build_training` is the one place these are made. The Trainer and the benchmark
+both call it, so the benchmark times exactly the step users get: the same model,
+precision, optimizer, loss, memory format and batch transform.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.utils.data import DataLoader
+
+from brainmri.config import Config, TrainConfig
+from brainmri.data.loaders import Loaders, build_loaders
+from brainmri.data.samples import CLASS_NAMES, DatasetSplits
+from brainmri.models import build_model
+from brainmri.records import DatasetInfo
+from brainmri.training.distributed import local_process_count
+from brainmri.training.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+
+def class_weights(counts: Sequence[int]) -> torch.Tensor:
+    """Inverse class frequency, normalized so a balanced split gives all ones."""
+    n = torch.tensor(list(counts), dtype=torch.float32)
+    return n.sum() / (len(n) * n.clamp_min(1))
+
+
+@dataclass
+class StepOutput:
+    """What one step leaves behind; nothing here has been read back from the device."""
+
+    logits: torch.Tensor  # (B, C), fp32, detached
+    per_sample: torch.Tensor  # (B,) loss of each sample, detached
+    loss: torch.Tensor  # the scalar the gradients came from
+    stepped: bool  # the optimizer stepped (False while accumulating gradients)
+
+
+class TrainStep:
+    """One training step: batch transform, forward, loss, backward, optimizer and schedule.
+
+    ``step(images, targets)`` takes a batch as the loader yields it; ``update`` takes one
+    already transformed (the benchmark's bound). The schedule advances once per optimizer
+    step, by hand: Accelerate's wrapper would step it once per process.
+    """
+
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        criterion: nn.CrossEntropyLoss,
+        train: TrainConfig,
+        transform: Optional[nn.Module],
+    ):
+        self.accelerator = accelerator
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.criterion = criterion
+        self.grad_clip = train.grad_clip
+        self.channels_last = train.channels_last
+        self.transform = transform
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def prepare(self, images: torch.Tensor, transform: Optional[nn.Module]) -> torch.Tensor:
+        """Batch augmentation (cached pipeline) and the memory format the model expects."""
+        if transform is not None:
+            images = transform(images)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-sample losses, batch loss); class weights average as CrossEntropyLoss's "mean" does."""
+        per_sample = self.criterion(logits, targets)
+        weight = self.criterion.weight
+        loss = per_sample.sum() / weight[targets].sum() if weight is not None else per_sample.mean()
+        return per_sample, loss
+
+    def update(self, images: torch.Tensor, targets: torch.Tensor) -> StepOutput:
+        acc = self.accelerator
+        with acc.accumulate(self.model):
+            logits = self.model(images).float()
+            per_sample, loss = self.loss(logits, targets)
+            acc.backward(loss)
+            if acc.sync_gradients and self.grad_clip > 0:
+                acc.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            stepped = acc.sync_gradients
+            if stepped:
+                self.scheduler.step()
+        return StepOutput(logits.detach(), per_sample.detach(), loss, stepped)
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> StepOutput:
+        return self.update(self.prepare(images, self.transform), targets)
+
+
+@dataclass
+class Training:
+    """A run's prepared step and loaders."""
+
+    step: TrainStep
+    train_loader: DataLoader
+    val_loader: Optional[DataLoader]  # None: a refit on all of Training
+    test_loader: Optional[DataLoader]
+    eval_transform: Optional[nn.Module]
+    steps_per_epoch: int  # optimizer steps
+    loaders: Loaders  # what the pipeline reported (cache build time, placement)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.step.model
+
+
+def build_training(cfg: Config, accelerator: Accelerator, splits: DatasetSplits, info: DatasetInfo) -> Training:
+    """Loaders, model, optimizer, loss and schedule of ``cfg``, prepared for ``accelerator``."""
+    device = accelerator.device
+    loaders = build_loaders(
+        splits,
+        cfg.data,
+        cfg.augment,
+        cfg.train.batch_size,
+        info.mean,
+        info.std,
+        num_local_processes=local_process_count(accelerator),
+        device=device,
+    )
+    model = build_model(cfg.model, cfg.in_chans, cfg.data.image_size, len(CLASS_NAMES))
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg.optim)
+    if cfg.train.compile:
+        model = torch.compile(model)
+    weight = class_weights(info.counts["train"] or []) if cfg.train.class_weights else None
+    if weight is not None:
+        log.info("class weights: %s", [round(float(w), 3) for w in weight])
+    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.train.label_smoothing, reduction="none").to(
+        device
+    )
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, loaders.train)
+    val_loader = accelerator.prepare(loaders.val) if loaders.val is not None else None
+    test_loader = accelerator.prepare(loaders.test) if loaders.test is not None else None
+    train_transform = loaders.train_batch_transform.to(device) if loaders.train_batch_transform is not None else None
+    eval_transform = loaders.eval_batch_transform.to(device) if loaders.eval_batch_transform is not None else None
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum)
+    scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch, cfg.train.epochs)
+    step = TrainStep(accelerator, model, optimizer, scheduler, criterion, cfg.train, train_transform)
+    return Training(step, train_loader, val_loader, test_loader, eval_transform, steps_per_epoch, loaders)

@@ -1,0 +1,87 @@
+"""The audit finds planted copies (exact, re-encoded, resized), label conflicts and leakage;
+data.dedup=train_test removes exactly the planted exact leaks."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from brainmri.data.scan import scan_dataset
+from brainmri.data.splits import SplitRule
+from brainmri.evaluation.audit import audit
+from tests.conftest import LAYOUTS
+
+
+def distinct_image(seed: int, size: int = 64) -> Image.Image:
+    """A smooth random pattern: every seed gives a perceptually different image."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray((rng.random((6, 6)) * 255).astype(np.uint8), mode="L")
+    return coarse.resize((size, size), Image.BICUBIC).convert("RGB")
+
+
+def distinct_dataset(root: Path, train: int = 5, test: int = 2) -> Path:
+    seed = 0
+    for split, n in (("Training", train), ("Testing", test)):
+        for folder in LAYOUTS["sartaj"]:
+            (root / split / folder).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                distinct_image(seed).save(root / split / folder / f"image ({i}).jpg", quality=95)
+                seed += 1
+    return root
+
+
+@pytest.fixture
+def planted(tmp_path):
+    """Distinct images plus: a byte copy and a lossless PNG re-save of Training images in
+    Testing (exact leaks), a re-encoded and a resized copy in Testing (near leaks), and a
+    glioma image copied into the meningioma folder (label conflict)."""
+    root = distinct_dataset(tmp_path / "data")
+    tr = root / "Training"
+    te = root / "Testing"
+    shutil.copy(tr / "glioma_tumor/image (0).jpg", te / "glioma_tumor/copy.jpg")
+    Image.open(tr / "no_tumor/image (1).jpg").save(te / "no_tumor/resaved.png")
+    Image.open(tr / "pituitary_tumor/image (2).jpg").save(te / "pituitary_tumor/reencoded.jpg", quality=60)
+    Image.open(tr / "meningioma_tumor/image (3).jpg").resize((48, 48), Image.BILINEAR).save(
+        te / "meningioma_tumor/resized.jpg", quality=95
+    )
+    shutil.copy(tr / "glioma_tumor/image (4).jpg", tr / "meningioma_tumor/mislabeled.jpg")
+    return root
+
+
+def test_audit_finds_planted_copies_and_conflicts(planted):
+    report = audit(planted, near_threshold=6, workers=2)
+    exact = [set(g) for g in report["exact_groups"]]
+    assert {"Training/glioma_tumor/image (0).jpg", "Testing/glioma_tumor/copy.jpg"} in exact
+    assert {"Training/no_tumor/image (1).jpg", "Testing/no_tumor/resaved.png"} in exact
+    assert {"Training/glioma_tumor/image (4).jpg", "Training/meningioma_tumor/mislabeled.jpg"} in exact
+    assert len(exact) == 3
+    near = [set(g) for g in report["near_groups"]]
+    assert any({"Training/pituitary_tumor/image (2).jpg", "Testing/pituitary_tumor/reencoded.jpg"} <= g for g in near)
+    assert any({"Training/meningioma_tumor/image (3).jpg", "Testing/meningioma_tumor/resized.jpg"} <= g for g in near)
+    conflicts = report["label_conflicts"]
+    assert [c["labels"] for c in conflicts] == [["glioma", "meningioma"]]
+    s = report["summary"]
+    assert s["test_images_byte_identical_to_training"] == 1
+    assert s["test_images_pixel_identical_to_training"] == 2
+    assert s["test_images_near_duplicate_of_training"] == 4
+    assert report["counts"]["train"]["meningioma"] == 6 and report["counts"]["test"]["glioma"] == 3
+    assert report["sizes"]["64x64"] == 32 and report["sizes"]["48x48"] == 1
+    json.dumps(report)  # JSON-ready
+
+
+def test_audit_reports_unreadable_files(planted):
+    (planted / "Training/no_tumor/broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    report = audit(planted, near_threshold=4, workers=1)
+    assert list(report["unreadable"]) == ["Training/no_tumor/broken.jpg"]
+
+
+def test_dedup_train_test_removes_exactly_the_planted_exact_leaks(planted):
+    kept = scan_dataset(planted, SplitRule(0.2, 0), "error", workers=2)
+    assert len(kept.test) == 12 and set(kept.leaks) == {"Testing/glioma_tumor/copy.jpg", "Testing/no_tumor/resaved.png"}
+    deduped = scan_dataset(planted, SplitRule(0.2, 0), "error", workers=2, dedup="train_test")
+    dropped = {s.path for s in kept.test} - {s.path for s in deduped.test}
+    assert dropped == {"Testing/glioma_tumor/copy.jpg", "Testing/no_tumor/resaved.png"}
+    assert deduped.train == kept.train and deduped.val == kept.val
