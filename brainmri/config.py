@@ -266,7 +266,7 @@ class SlurmConfig:
     setup: List[str] = field(default_factory=list)  # shell lines before the job (module load ...)
     additional: Dict[str, Any] = field(default_factory=dict)  # any other sbatch option: {reservation: x}
     job_name: Optional[str] = None  # None: brainmri-<recipe>
-    check_resources: bool = True  # check the request against sinfo before submitting (launch/partition.py)
+    check_resources: bool = True  # check the request against sinfo before submitting (brainmri/cluster/partition.py)
 
     def __post_init__(self) -> None:
         _choice("slurm.cluster", self.cluster, ("slurm", "local", "debug"))

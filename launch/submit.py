@@ -42,7 +42,7 @@ FLAGS = [shell.Flag("--dry-run"), shell.Flag("--wait")]
 
 
 def show_rank_plan(slurm: SlurmConfig) -> None:
-    """What each task will do, worked out by the same code the tasks run (launch/binding.py)."""
+    """What each task will do, worked out by the same code the tasks run (brainmri/cluster/binding.py)."""
     table = Table(title=f"{slurm.nodes} node(s) x {slurm.tasks} task(s); port = 20000 + job id % 12000")
     for column in ("rank", "node", "local rank", "GPU", "device", "threads", "master"):
         table.add_column(column)

@@ -181,7 +181,7 @@ def sbatch_preview(executor: submitit.AutoExecutor) -> str:
     if executor.cluster != "slurm":
         return f"(cluster={executor.cluster}: no sbatch script, jobs run as local processes)"
     # submitit has no public accessor for the script: its private writer, pinned by setup.cfg's
-    # submitit bound and by tests/unit/test_cluster.py, which fails loudly if it changes.
+    # submitit bound and by tests/unit/cluster/test_jobs.py, which fails loudly if it changes.
     inner = getattr(executor, "_executor", None)
     writer = getattr(inner, "_make_submission_file_text", None)
     command = getattr(inner, "_submitit_command_str", None)

@@ -232,7 +232,7 @@ def test_config_errors_are_one_line_exit_2(tmp_path, override, message):
 
 
 def test_bad_images_fail_before_anything_is_written(tmp_path):
-    from tests.unit.test_datasets import plant_bad_images
+    from tests.unit.data.test_datasets import plant_bad_images
 
     root = make_dataset(tmp_path / "data", train_per_class=3, test_per_class=1, size=32)
     plant_bad_images(root)

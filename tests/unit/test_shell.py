@@ -1,4 +1,4 @@
-"""launch/cli.py: the shell every entry script shares."""
+"""brainmri/shell.py: the shell every entry script shares."""
 
 from __future__ import annotations
 

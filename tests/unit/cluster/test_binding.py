@@ -1,4 +1,4 @@
-"""launch/binding.py: each task's rank, node, GPU, threads and port, from the environment
+"""brainmri/cluster/binding.py: each task's rank, node, GPU, threads and port, from the environment
 SLURM gives it in the binding styles users' clusters use (no GPU needed: the environments
 are built here)."""
 

@@ -1,4 +1,4 @@
-"""launch/cluster.py's job logic, without a cluster: the arguments a job trains with, its
+"""brainmri/cluster/jobs.py: the job logic, without a cluster: the arguments a job trains with, its
 name, the executor and sbatch script, requeueing, and the one-line errors."""
 
 from __future__ import annotations

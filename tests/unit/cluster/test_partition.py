@@ -1,4 +1,4 @@
-"""launch/partition.py: sinfo's rows read, and a request no node can run refused in one line."""
+"""brainmri/cluster/partition.py: sinfo's rows read, and a request no node can run refused in one line."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""brainmri/sweep.py: sweep files, trial expansion, the manifest and trial results."""
+"""brainmri/cluster/sweep.py: sweep files, trial expansion, the manifest and trial results."""
 
 from __future__ import annotations
 

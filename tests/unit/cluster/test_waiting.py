@@ -1,4 +1,4 @@
-"""launch/waiting.py: squeue read, reasons that cannot clear, and jobs that left the queue
+"""brainmri/cluster/waiting.py: squeue read, reasons that cannot clear, and jobs that left the queue
 without a result, decided without a cluster (fake jobs, squeue rows given)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""brainmri/cv_report.py (and the dropout figures it draws): a cross-validated sweep's report."""
+"""brainmri/evaluation/cv_report.py (and the dropout figures it draws): a cross-validated sweep's report."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""brainmri/evaluation.py: finding and rebuilding a trained model, and scoring a split,
+"""brainmri/evaluation/trained.py: finding and rebuilding a trained model, and scoring a split,
 on a run written by brainmri 0.1 (tests/fixtures/run_v1: cnn0 at 64 px on the demo data)."""
 
 from __future__ import annotations
@@ -131,3 +131,32 @@ def test_an_ensemble_is_the_mean_of_its_members_and_a_sweep_folder_names_its_fin
     (calibrated / "results.json").unlink()
     with pytest.raises(CheckpointError, match="has no finished trial yet"):
         run_dirs(str(sweep))
+
+
+def test_the_evaluation_report_keeps_the_keys_and_order_of_eval_json():
+    """eval_<split>.json is read by users' scripts: the typed result writes the same keys in the
+    same order as before it was typed."""
+    from brainmri.evaluation.report import CalibratedScore, Evaluation
+
+    metrics = {"test/acc": 0.5, "test/ece": 0.2, "test/loss": 1.0}
+    result = Evaluation("test", metrics, torch.ones(2, 4) / 4, torch.tensor([0, 1]), leaks={"a.jpg": "b.jpg"})
+    result.calibrated = CalibratedScore([1.5], "val", {"test/ece": 0.1, "test/loss": 0.9}, torch.ones(2, 4) / 4)
+    report = result.report("w.safetensors", "none", Path("/data"))
+    assert list(report) == [
+        "split",
+        "size",
+        "weights",
+        "tta",
+        "data_root",
+        "test/acc",
+        "test/ece",
+        "test/loss",
+        "train_test_leaks",
+        "leaked_files",
+        "leakage_free",
+        "calibration",
+    ]
+    assert report["calibration"] == {"temperature": 1.5, "fitted_on": "val", "test/ece": 0.1, "test/loss": 0.9}
+    assert (report["size"], report["train_test_leaks"], report["leaked_files"]) == (2, 1, ["a.jpg"])
+    result.calibrated = CalibratedScore([1.5, 2.0], "val", {"test/ece": 0.1, "test/loss": 0.9}, torch.ones(2, 4) / 4)
+    assert result.report(["a", "b"], ["none"], Path("/d"))["calibration"]["temperature"] == [1.5, 2.0]  # an ensemble

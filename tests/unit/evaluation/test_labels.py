@@ -1,4 +1,4 @@
-"""brainmri/labels.py: confident learning, by hand on a small case, on planted label flips,
+"""brainmri/evaluation/labels.py: confident learning, by hand on a small case, on planted label flips,
 and against cleanlab's find_label_issues (a test-only dependency: cleanlab is AGPL)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""brainmri/tracking.py: when W&B goes online, and the Tracker's life from start to finish."""
+"""brainmri/reporting/tracking.py: when W&B goes online, and the Tracker's life from start to finish."""
 
 import pytest
 

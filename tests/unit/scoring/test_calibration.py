@@ -1,4 +1,4 @@
-"""brainmri/calibration.py: a temperature fitted on one half lowers the NLL of the other half;
+"""brainmri/scoring/calibration.py: a temperature fitted on one half lowers the NLL of the other half;
 a refit borrows the temperature of its CV folds' out-of-fold predictions, and only from the same recipe."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""brainmri/checkpoint.py: the train state, atomic checkpoints, resume, and best weights."""
+"""brainmri/training/checkpoint.py: the train state, atomic checkpoints, resume, and best weights."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""brainmri/distributed.py: the precision rule, one rank's result for all, the stop signal,
+"""brainmri/training/distributed.py: the precision rule, one rank's result for all, the stop signal,
 and predictions gathered across ranks."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""brainmri/optim.py: the optimizer factory and the schedules, including a resumed schedule."""
+"""brainmri/training/optim.py: the optimizer factory and the schedules, including a resumed schedule."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""brainmri/step.py: the training step under the precisions a GPU uses, run on a CPU.
+"""brainmri/training/step.py: the training step under the precisions a GPU uses, run on a CPU.
 
 fp16 with a loss scaler is what ``auto`` gives a V100 or T4: Accelerate scales the loss,
 unscales before clipping, and skips the optimizer step when a gradient overflows. On a CPU

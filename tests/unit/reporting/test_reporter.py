@@ -1,4 +1,4 @@
-"""brainmri/reporting.py and the augmentation preview it draws: silent off the main process,
+"""brainmri/reporting/reporter.py and the augmentation preview it draws: silent off the main process,
 and the augmentation grid shows the transform the run really trains with."""
 
 from __future__ import annotations
