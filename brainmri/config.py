@@ -167,7 +167,8 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest complete checkpoints kept (the best one is always kept)
     channels_last: bool = True  # NHWC memory format: faster convolutions on CPUs and tensor cores
     compile: bool = False  # torch.compile the model (first steps are slow while it compiles)
-    collective_timeout: float = 1800.0  # seconds a rank waits in a collective (gloo and NCCL) before failing
+    collective_timeout: float = 600.0  # seconds a rank waits in a training collective (gloo and NCCL) before failing
+    checkpoint_minutes: float = 0.0  # a rolling mid-epoch checkpoint every N minutes of training; 0: epoch ends only
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "an integer >= 1", self.epochs)
@@ -182,6 +183,9 @@ class TrainConfig:
         _choice("train.tta", self.tta, ("none", "hflip"))
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "an integer >= 1", self.keep_checkpoints)
         _check(self.collective_timeout >= 10, "train.collective_timeout", "seconds >= 10", self.collective_timeout)
+        _check(
+            self.checkpoint_minutes >= 0, "train.checkpoint_minutes", "minutes >= 0 (0: off)", self.checkpoint_minutes
+        )
 
 
 @dataclass

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Optional
 
 from brainmri.errors import RunDirError
 
-CHECKPOINT_RE = re.compile(r"^epoch_(\d{4,})$")
+CHECKPOINT_RE = re.compile(r"^epoch_(\d{4,})(?:_batch_(\d{6,}))?$")
 RUN_MARKERS = ("config.yaml", "checkpoints", "metrics.jsonl", "results.json")
 LAUNCHER_ENTRIES = frozenset({"slurm"})  # job logs the SLURM launcher writes before training starts
 
@@ -125,29 +125,36 @@ class RunDir:
     excluded = _Entry("excluded.txt")
     val_predictions = _Entry("val_predictions.csv")
 
-    def checkpoint(self, epoch: int) -> Path:
-        return self.checkpoints / f"epoch_{epoch:04d}"
+    def checkpoint(self, epoch: int, batch: int = 0) -> Path:
+        """``epoch_NNNN`` after ``epoch`` whole epochs; ``epoch_NNNN_batch_NNNNNN`` when the
+        next epoch had trained ``batch`` batches (a mid-epoch checkpoint)."""
+        return self.checkpoints / (f"epoch_{epoch:04d}_batch_{batch:06d}" if batch else f"epoch_{epoch:04d}")
 
-    def temp_checkpoint(self, epoch: int) -> Path:
-        return self.checkpoints / f".tmp-epoch_{epoch:04d}"
+    def temp_checkpoint(self, epoch: int, batch: int = 0) -> Path:
+        return self.checkpoints / f".tmp-{self.checkpoint(epoch, batch).name}"
 
     def holds_run(self) -> bool:
         return any((self.path / m).exists() for m in RUN_MARKERS)
 
-    def complete_checkpoints(self) -> list[tuple[int, Path]]:
-        """(epoch, folder) of every complete checkpoint, oldest first."""
+    def all_checkpoints(self) -> list[tuple[tuple[int, int], Path]]:
+        """((epoch, batch), folder) of every complete checkpoint, epoch-end and mid-epoch, oldest first."""
         if not self.checkpoints.is_dir():
             return []
         found = []
         for p in self.checkpoints.iterdir():
             m = CHECKPOINT_RE.match(p.name)
             if m and p.is_dir():
-                found.append((int(m.group(1)), p))
+                found.append(((int(m.group(1)), int(m.group(2) or 0)), p))
         return sorted(found)
 
+    def complete_checkpoints(self) -> list[tuple[int, Path]]:
+        """(epoch, folder) of every complete epoch-end checkpoint, oldest first."""
+        return [(epoch, p) for (epoch, batch), p in self.all_checkpoints() if batch == 0]
+
     def latest_checkpoint(self) -> Optional[tuple[int, Path]]:
-        found = self.complete_checkpoints()
-        return found[-1] if found else None
+        """The newest complete checkpoint, mid-epoch ones included: (completed epochs, folder)."""
+        found = self.all_checkpoints()
+        return (found[-1][0][0], found[-1][1]) if found else None
 
     def remove_temp_checkpoints(self) -> None:
         """Folders a killed run left half-written; never complete, always safe to delete."""
@@ -156,10 +163,15 @@ class RunDir:
                 shutil.rmtree(p, ignore_errors=True)
 
     def prune_checkpoints(self, keep: int, best_epoch: Optional[int]) -> None:
-        """Keep the newest ``keep`` complete checkpoints and the best one."""
+        """Keep the newest ``keep`` epoch-end checkpoints, the best one, and a mid-epoch one
+        only while it is the newest of all (it is worth nothing once a later one exists)."""
         found = self.complete_checkpoints()
         for epoch, path in found[:-keep]:
             if epoch != best_epoch:
+                shutil.rmtree(path, ignore_errors=True)
+        everything = self.all_checkpoints()
+        for (_, batch), path in everything[:-1]:
+            if batch:
                 shutil.rmtree(path, ignore_errors=True)
 
 

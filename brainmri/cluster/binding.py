@@ -46,6 +46,7 @@ class TaskBinding:
     master_port: int
     gpu: Optional[str]  # the physical GPU id (as CUDA_VISIBLE_DEVICES names it); None: CPU
     threads: Optional[int]  # CPU threads for this task (its cpus_per_task); None: leave as is
+    nccl_async_error_handling: str = "1"  # TORCH_NCCL_ASYNC_ERROR_HANDLING (the user's, if set)
 
     @property
     def device(self) -> str:
@@ -65,6 +66,9 @@ class TaskBinding:
         }
         if self.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.gpu
+            # A failed or timed-out NCCL collective aborts the communicator and raises, instead
+            # of leaving the surviving ranks hanging; the survivors then name the lost rank.
+            env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = self.nccl_async_error_handling
         if self.threads is not None:
             env["OMP_NUM_THREADS"] = str(self.threads)
         return env
@@ -148,6 +152,7 @@ def bind_task(environ: Mapping[str, str], hostnames: Sequence[str], gpus_per_nod
         master_port=master_port(environ.get("SLURM_JOB_ID", "0")),
         gpu=gpu,
         threads=threads,
+        nccl_async_error_handling=environ.get("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1"),
     )
 
 

@@ -59,7 +59,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         import torch
 
         from brainmri.training import entry
-        from brainmri.training.engine import TrainingInterrupted
+        from brainmri.training.distributed import RankLost, TrainingInterrupted
 
         env = submitit.JobEnvironment()
         binding = task_binding(env, self.gpus_per_node)
@@ -83,6 +83,17 @@ class TrainJob(submitit.helpers.Checkpointable):
         output_dir = next(a.split("=", 1)[1] for a in self.args if a.startswith("output_dir="))
         try:
             code = entry.main([*self.args, "resume=auto"], Path(self.recipes or "recipes"), os.environ, stop_event=stop)
+        except RankLost as e:
+            # A lost rank or node is not the user's error: rank 0 requeues the job (submitit
+            # counts it against slurm.max_requeues) and the next attempt resumes.
+            if binding.rank != 0:
+                print(f"[brainmri] {e}; rank 0 requeues the job", flush=True)
+                return {"output_dir": output_dir, "lost": str(e)}
+            attempt = f"requeued, attempt {self.requeues + 2}" if self.requeues < self.max_requeues else "not requeued"
+            print(f"[brainmri] {e}; {attempt}", flush=True)
+            if callable(submitit_handler):
+                submitit_handler(signal.SIGUSR2, None)  # requeues and exits; raises past max_requeues
+            raise RuntimeError(str(e)) from None
         except TrainingInterrupted as e:
             print(f"[brainmri] rank {binding.rank} on node {binding.node}: {e}", flush=True)
             if signal.SIGUSR2 not in received:

@@ -156,3 +156,21 @@ def check_partition(slurm: SlurmConfig) -> Optional[Partition]:
     partition = read_partition(slurm.partition)
     check_request(slurm, partition)
     return partition
+
+
+DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
+
+
+def parse_max_array_size(config: str) -> int:
+    """``MaxArraySize`` from ``scontrol show config``: an array's indices must stay below it."""
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", config, re.M)
+    return int(match.group(1)) if match else DEFAULT_MAX_ARRAY_SIZE
+
+
+def max_array_size() -> int:
+    """How many tasks one job array may hold on this cluster (SLURM's default when it does not say)."""
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return DEFAULT_MAX_ARRAY_SIZE
+    return parse_max_array_size(out.stdout) if out.returncode == 0 else DEFAULT_MAX_ARRAY_SIZE

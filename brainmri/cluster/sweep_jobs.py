@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from rich.table import Table
 
@@ -19,10 +19,10 @@ from brainmri.cluster.jobs import (
     submit_jobs,
     train_args,
 )
-from brainmri.cluster.partition import check_partition
+from brainmri.cluster.partition import check_partition, max_array_size
 from brainmri.cluster.sweep import TrialRecord, check_cv, expand_trials, load_sweep, read_manifest, write_manifest
 from brainmri.cluster.waiting import ACTIVE as QUEUE_ACTIVE
-from brainmri.cluster.waiting import QueueEntry, Watch, blocking_reason, read_queue, wait_jobs
+from brainmri.cluster.waiting import QueueEntry, Watch, blocking_reason, last_event, read_queue, wait_jobs
 from brainmri.config import SlurmConfig, load_config, parse_overrides
 from brainmri.errors import ConfigError
 from brainmri.reporting.console import console
@@ -60,6 +60,9 @@ def refresh(record: TrialRecord, queue: Optional[dict[str, QueueEntry]]) -> None
         record.reason = (
             f"{entry.reason}: cannot start ({why})" if why else entry.reason if entry.reason != "None" else ""
         )
+        event = last_event(Path(record.stdout)) if record.stdout else None
+        if event:  # an earlier attempt ended on a lost rank or a stop: say so beside the state
+            record.reason = f"{event}; {record.reason}" if record.reason else event
     else:
         record.state, record.reason = "failed", record.reason or f"ended {entry.state} without a result"
 
@@ -102,7 +105,8 @@ def show_plan(title: str, records: list[TrialRecord], varying: list[str]) -> Non
 
 
 def run_sweep(settings: list[str], recipes: Path, dry_run: bool, wait: bool) -> Optional[SweepRun]:
-    """Submit every unfinished trial of ``sweep=NAME`` as one array (``--dry-run``: show the
+    """Submit every unfinished trial of ``sweep=NAME`` as one job array, or several past the
+    cluster's ``MaxArraySize`` (``--dry-run``: show the
     plan and the sbatch script); with ``wait``, follow them to their end. None when nothing
     was submitted."""
     quiet_submitit()
@@ -149,22 +153,22 @@ def run_sweep(settings: list[str], recipes: Path, dry_run: bool, wait: bool) -> 
         return None
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    trial_jobs = [
-        TrainJob(
-            train_args(trial_args, Path(record.output_dir), slurm.cpus_per_task, cfg.data.num_workers)[0],
-            slurm.max_requeues,
-            gpus_per_node=slurm.gpus_per_node,
-            recipes=str(recipes),
-        )
-        for record, trial_args, cfg in todo
-    ]
-    jobs = submit_jobs(executor, trial_jobs, "sweep")
-    for (record, _, _), job in zip(todo, jobs):
-        record.job_id, record.state = str(job.job_id), "submitted"
-        record.stdout, record.stderr = str(job.paths.stdout), str(job.paths.stderr)
-    write_manifest(manifest_path, spec.name, str(source), records, extra)
-    array_id = str(jobs[0].job_id).split("_")[0]
-    console.print(f"submitted {len(jobs)} trial(s) as array job [bold]{array_id}[/bold] into {sweep_dir}")
+    limit = max_array_size() if slurm.cluster == "slurm" else len(todo)
+    jobs = submit_in_arrays(
+        executor,
+        todo,
+        slurm,
+        recipes,
+        limit,
+        lambda: write_manifest(manifest_path, spec.name, str(source), records, extra),
+    )
+    arrays = list(dict.fromkeys(str(job.job_id).split("_")[0] for job in jobs))
+    how = (
+        f"array job [bold]{arrays[0]}[/bold]"
+        if len(arrays) == 1
+        else (f"{len(arrays)} array jobs [bold]{', '.join(arrays)}[/bold] (the cluster's MaxArraySize is {limit})")
+    )
+    console.print(f"submitted {len(jobs)} trial(s) as {how} into {sweep_dir}")
     console.print(f"  status: python launch/sweep.py status {sweep_dir}")
     if not wait:
         return SweepRun(sweep_dir, len(jobs), waited=False, ok=True)
@@ -184,3 +188,30 @@ def wait_trials(records: list[TrialRecord], jobs: list, slurm: SlurmConfig) -> b
         record.state = "completed" if outcome.ok else "failed"
         record.reason = "" if outcome.ok else outcome.message
     return all(o.ok for o in outcomes)
+
+
+def submit_in_arrays(
+    executor, todo: list, slurm: SlurmConfig, recipes: Path, limit: int, save_manifest: Callable[[], None]
+) -> list:
+    """One job array per ``limit`` trials (the cluster's ``MaxArraySize``: sbatch refuses a
+    larger array, submitit#1624), the manifest saved after each: a refusal part-way leaves every
+    submitted trial recorded, and a re-run submits only the rest."""
+    jobs = []
+    for start in range(0, len(todo), limit):
+        part = todo[start : start + limit]
+        trial_jobs = [
+            TrainJob(
+                train_args(trial_args, Path(record.output_dir), slurm.cpus_per_task, cfg.data.num_workers)[0],
+                slurm.max_requeues,
+                gpus_per_node=slurm.gpus_per_node,
+                recipes=str(recipes),
+            )
+            for record, trial_args, cfg in part
+        ]
+        submitted = submit_jobs(executor, trial_jobs, "sweep")
+        for (record, _, _), job in zip(part, submitted):
+            record.job_id, record.state = str(job.job_id), "submitted"
+            record.stdout, record.stderr = str(job.paths.stdout), str(job.paths.stderr)
+        save_manifest()
+        jobs += submitted
+    return jobs

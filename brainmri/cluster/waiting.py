@@ -138,6 +138,7 @@ class Watch:
     num_tasks: int
     seen: str = ""  # the last state line shown
     started: bool = False
+    event: Optional[str] = None  # the last attempt-ending line of its log already shown
     gone_since: Optional[float] = None
     outcome: Optional["Outcome"] = None
 
@@ -149,6 +150,21 @@ class Outcome:
     ok: bool
     message: str
     results: list = field(default_factory=list)
+
+
+EVENTS = ("lost at step", "stop requested at step")
+
+
+def last_event(log: Path) -> Optional[str]:
+    """The job's own word on why its last attempt ended (a lost rank, a stop), from its log:
+    ``rank 1 on node2 lost at step 412 (...); noticed by rank 0; requeued, attempt 2``."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    events = [line.removeprefix("[brainmri] ") for line in lines if line.startswith("[brainmri]")]
+    events = [line for line in events if any(e in line for e in EVENTS)]
+    return events[-1] if events else None
 
 
 def results_written(watch: Watch) -> bool:
@@ -224,6 +240,10 @@ def wait_for(
                 if line and line != watch.seen:
                     console.print(f"{watch.label}: {line}", highlight=False)
                     watch.seen = line
+                event = last_event(Path(watch.job.paths.stdout)) if watch.started else None
+                if event and event != watch.event:  # an attempt ended: a lost rank, a stop
+                    console.print(f"{watch.label}: {event}", highlight=False, soft_wrap=True)
+                    watch.event = event
                 watch.outcome = step(watch, queue, now, grace, blocking)
                 if watch.outcome is not None:
                     style = "green" if watch.outcome.ok else "red"

@@ -173,6 +173,10 @@ def build_loaders(
             shuffle=train,
             num_workers=workers,
             pin_memory=on_gpu and resident is None,
+            # Starting an epoch's iterator draws the workers' base seed: from the loader's own
+            # generator, so that the training's random stream (augmentation, dropout) is the same
+            # whether the epoch began in this process or before a mid-epoch resume.
+            generator=torch.Generator(),
             persistent_workers=workers > 0,
         )
 

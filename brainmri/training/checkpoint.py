@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+import torch
 from accelerate import Accelerator
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -39,6 +40,8 @@ class TrainState:
 
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
+    batches: int = 0  # batches of the next epoch already trained (a mid-epoch checkpoint); 0 at epoch ends
+    epoch_seconds: float = 0.0  # training time those batches took
     best_metric: Optional[float] = None
     best_epoch: Optional[int] = None
     history: list[EpochRecord] = field(default_factory=list)
@@ -64,6 +67,8 @@ class TrainState:
         return {
             "epoch": self.epoch,
             "step": self.step,
+            "batches": self.batches,
+            "epoch_seconds": self.epoch_seconds,
             "best_metric": self.best_metric,
             "best_epoch": self.best_epoch,
             "history": [r.to_json() for r in self.history],
@@ -72,6 +77,8 @@ class TrainState:
     def load_state_dict(self, state: dict) -> None:
         self.epoch = int(state["epoch"])
         self.step = int(state["step"])
+        self.batches = int(state.get("batches", 0))  # absent before mid-epoch checkpoints
+        self.epoch_seconds = float(state.get("epoch_seconds", 0.0))
         self.best_metric = state["best_metric"]
         self.best_epoch = state["best_epoch"]
         history = state["history"]
@@ -108,15 +115,22 @@ class Checkpointer:
         self.run = run
         self.label = label
         self.keep = keep
+        self.resumed_rows: Optional[torch.Tensor] = None
 
     @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
 
-    def save(self, state: TrainState) -> None:
-        """Full state into a temporary folder on every rank, then one atomic rename."""
+    ROWS = "epoch_rows.safetensors"  # a mid-epoch checkpoint's training predictions so far
+
+    def save(self, state: TrainState, rows: Optional[torch.Tensor] = None) -> Path:
+        """Full state into a temporary folder on every rank, then one atomic rename.
+
+        At an epoch's end ``state.batches`` is 0; mid-epoch it counts the batches trained, and
+        ``rows`` (every rank's, gathered) keeps the epoch's training predictions so far."""
         acc = self.accelerator
-        tmp, final = self.run.temp_checkpoint(state.epoch), self.run.checkpoint(state.epoch)
+        tmp = self.run.temp_checkpoint(state.epoch, state.batches)
+        final = self.run.checkpoint(state.epoch, state.batches)
         if self.is_main:
             self.run.remove_temp_checkpoints()
             tmp.mkdir(parents=True, exist_ok=True)
@@ -124,12 +138,15 @@ class Checkpointer:
         acc.save_state(str(tmp))
         if self.is_main:
             state.save(tmp)
+            if rows is not None:
+                save_file({"rows": rows.contiguous()}, str(tmp / self.ROWS))
         acc.wait_for_everyone()
         if self.is_main:
             atomic_replace(tmp, final)
             self.run.prune_checkpoints(self.keep, state.best_epoch)
             write_jsonl(self.run.metrics, [r.to_json() for r in state.history])
         acc.wait_for_everyone()
+        return final
 
     def write_best(self, model: nn.Module, state: TrainState) -> None:
         """The best epoch's weights, from the live model (main process only)."""
@@ -190,6 +207,10 @@ class Checkpointer:
         verify_checkpoint_folder(path)  # refuse planted pickles before Accelerate opens anything
         self.accelerator.load_state(str(path))
         state.load(path)
+        rows = path / self.ROWS
+        # The epoch's training predictions so far travel on the main process only: the gather
+        # at the epoch's end puts every rank's together again, whatever the world size.
+        self.resumed_rows = load_file(str(rows))["rows"] if rows.is_file() and self.is_main else None
         if self.is_main:
             self.run.remove_temp_checkpoints()
             # A kill between checkpoint and metrics.jsonl leaves the file a line short or
@@ -197,7 +218,8 @@ class Checkpointer:
             write_jsonl(self.run.metrics, [r.to_json() for r in state.history])
             self._repair_best_weights(state)
         self.accelerator.wait_for_everyone()
-        log.info("resumed from %s (epoch %d)", path, state.epoch)
+        where = f", batch {state.batches} of epoch {state.epoch + 1}" if state.batches else ""
+        log.info("resumed from %s (epoch %d%s)", path, state.epoch, where)
         return True
 
     def _repair_best_weights(self, state: TrainState) -> None:

@@ -15,7 +15,8 @@ from typing import Callable, Optional, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator, PartialState
-from accelerate.utils import DataLoaderConfiguration, broadcast_object_list
+from accelerate.utils import DataLoaderConfiguration
+from accelerate.utils import broadcast_object_list as accelerate_broadcast
 from torch import nn
 
 from brainmri.config import TrainConfig
@@ -31,6 +32,32 @@ class TrainingInterrupted(Exception):
     The epoch in flight is dropped; the newest complete checkpoint is where ``resume=auto``
     continues, so the history still holds each epoch exactly once.
     """
+
+
+class RankLost(Exception):
+    """A collective failed because another rank died or stopped answering; the message names
+    it (rank, node, last step). Not the user's error: a SLURM job requeues itself and resumes."""
+
+
+COLLECTIVE_FAILURES = (
+    "connection reset",
+    "connection closed",
+    "broken pipe",
+    "timed out",
+    "timeout",
+    "socket",
+    "nccl",
+    "gloo",
+    "peer",
+)
+
+
+def collective_failure(error: BaseException) -> bool:
+    """Whether ``error`` is a collective that failed (a peer gone, a timeout), not a bug."""
+    if isinstance(error, dist.DistError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(word in text for word in COLLECTIVE_FAILURES)
 
 
 def no_accelerator() -> bool:
@@ -120,14 +147,35 @@ def local_process_count(accelerator: Accelerator) -> int:
     return accelerator.num_processes
 
 
-def on_main(accelerator: Accelerator, fn: Callable[[], T]) -> T:
+# How long ranks wait for the main process's preparation (a first scan of a large dataset) or
+# for another node's image cache: the cache lock's own limit, far above train.collective_timeout.
+PREPARE_TIMEOUT = 3600.0
+
+
+def preparation_group(accelerator: Accelerator) -> Optional[dist.ProcessGroup]:
+    """A gloo group over every rank with :data:`PREPARE_TIMEOUT`, for the waits of run
+    preparation, so that ``train.collective_timeout`` can be short for training's collectives."""
+    if accelerator.num_processes == 1:
+        return None
+    return dist.new_group(backend="gloo", timeout=timedelta(seconds=PREPARE_TIMEOUT))
+
+
+def on_main(accelerator: Accelerator, fn: Callable[[], T], group: Optional[dist.ProcessGroup] = None) -> T:
     """Run ``fn`` on the main process and hand its result (or its error) to every rank.
 
     Scanning data or checking the run dir once, and failing on every rank with the same
-    message, avoids both duplicated work and ranks hanging at a barrier.
+    message, avoids both duplicated work and ranks hanging at a barrier. ``group``: the
+    :func:`preparation_group` to wait in (default: the default group and its timeout).
     """
     payload: list = [None]
     many = accelerator.num_processes > 1
+
+    def broadcast_object_list(objects: list, from_process: int) -> None:
+        if group is None:
+            accelerate_broadcast(objects, from_process=from_process)
+        else:
+            dist.broadcast_object_list(objects, src=from_process, group=group)
+
     if accelerator.is_main_process:
         try:
             payload[0] = ("ok", fn())
@@ -175,28 +223,41 @@ def host_group(collective_timeout: float) -> Optional[dist.ProcessGroup]:
 
 
 class StopSignal:
-    """A stop request (a signal handler sets the event on any rank) that all ranks obey together.
+    """A stop request (a signal handler sets the event on any rank) and the main process's
+    "a rolling checkpoint is due", which all ranks obey together.
 
-    Only one rank may have seen the signal, so the flag is shared with a collective; every
-    rank asks at the same points, so none is left waiting in another collective. The flag is
-    a CPU tensor reduced over gloo (:func:`host_group`): no device tensor, no host sync.
+    Only one rank may have seen the signal, and only the main process's clock decides when a
+    checkpoint is due, so both flags are shared with a collective; every rank asks at the same
+    points, so none is left waiting in another collective. The flags are a CPU tensor reduced
+    over gloo (:func:`host_group`): no device tensor, no host sync.
     """
 
-    def __init__(self, accelerator: Accelerator, event: Optional[threading.Event], collective_timeout: float = 1800.0):
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        event: Optional[threading.Event],
+        collective_timeout: float = 1800.0,
+        rolling: bool = False,
+    ):
         self.accelerator = accelerator
         self.event = event
+        self.active = event is not None or rolling  # nothing to share: no collective at all
         self.group = None
-        if event is not None and accelerator.num_processes > 1:
+        if self.active and accelerator.num_processes > 1:
             self.group = host_group(collective_timeout)
 
     def requested(self) -> bool:
-        if self.event is None:
-            return False
-        if self.accelerator.num_processes == 1:
-            return self.event.is_set()
-        flag = torch.tensor([1 if self.event.is_set() else 0], dtype=torch.int32)  # host memory
-        dist.all_reduce(flag, op=dist.ReduceOp.SUM, group=self.group)
-        return int(flag.item()) > 0
+        return self.poll()[0]
+
+    def poll(self, checkpoint_due: bool = False) -> tuple[bool, bool]:
+        """(stop requested on any rank, checkpoint due by the main process's clock)."""
+        stop = self.event is not None and self.event.is_set()
+        if not self.active or self.accelerator.num_processes == 1:
+            return stop, checkpoint_due
+        due = checkpoint_due and self.accelerator.is_main_process
+        flags = torch.tensor([int(stop), int(due)], dtype=torch.int32)  # host memory
+        dist.all_reduce(flags, op=dist.ReduceOp.SUM, group=self.group)
+        return bool(flags[0] > 0), bool(flags[1] > 0)
 
 
 class PredictionBuffer:
@@ -219,13 +280,25 @@ class PredictionBuffer:
         )
         self.rows.append(torch.cat([c.to(logits.device) for c in columns], dim=1).detach())
 
-    def gather(self, accelerator: Accelerator) -> Predictions:
-        local = torch.cat(self.rows) if self.rows else torch.zeros(0, 3 + self.num_classes, device=accelerator.device)
+    def add_rows(self, rows: torch.Tensor) -> None:
+        """Rows gathered earlier (:meth:`gather_rows`): a mid-epoch checkpoint's part of the epoch."""
+        if len(rows):
+            self.rows.append(rows.detach())
+
+    def gather_rows(self, accelerator: Accelerator) -> torch.Tensor:
+        """Every rank's rows on every rank (CPU), each sample once, sorted by dataset index."""
+        if self.rows:
+            local = torch.cat([r.to(accelerator.device) for r in self.rows])
+        else:
+            local = torch.zeros(0, 3 + self.num_classes, device=accelerator.device)
         padded = accelerator.pad_across_processes(local, dim=0, pad_index=-1)
         rows = accelerator.gather(padded).cpu()
         rows = rows[rows[:, 0] >= 0]
         rows = rows[torch.argsort(rows[:, 0], stable=True)]
         keep = torch.ones(len(rows), dtype=torch.bool)
         keep[1:] = rows[1:, 0] != rows[:-1, 0]
-        rows = rows[keep]
+        return rows[keep]
+
+    def gather(self, accelerator: Accelerator) -> Predictions:
+        rows = self.gather_rows(accelerator)
         return Predictions(logits=rows[:, 3:], targets=rows[:, 1].long(), losses=rows[:, 2])

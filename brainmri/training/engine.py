@@ -32,12 +32,16 @@ from brainmri.scoring.tta import tta_logits
 from brainmri.training.checkpoint import Checkpointer, TrainState, WeightsLabel
 from brainmri.training.distributed import (
     PredictionBuffer,
+    RankLost,
     StopSignal,
     TrainingInterrupted,
+    collective_failure,
     make_accelerator,
     on_main,
     plain_model,
+    preparation_group,
 )
+from brainmri.training.heartbeat import Heartbeat, describe_loss, find_quiet_rank
 from brainmri.training.optim import fast_forward
 from brainmri.training.preparation import PreparedRun, prepare_run
 from brainmri.training.step import Training, build_training
@@ -56,17 +60,21 @@ class Trainer:
         show_progress: bool = True,
         wandb_mode: Optional[str] = None,
         stop_event: Optional[threading.Event] = None,
+        node: Optional[str] = None,
     ):
         """``wandb_mode`` is ``tracking.wandb`` with ``auto`` already resolved by the caller
         (see :func:`brainmri.reporting.tracking.resolve_mode`); an unresolved ``auto`` means offline.
         ``stop_event``, set from any rank (a signal handler, say), makes all ranks stop together
-        at the next step with :class:`TrainingInterrupted`."""
+        at the next step with :class:`TrainingInterrupted`. ``node``: this process's node name
+        (SLURM's), for the heartbeat that names a lost rank; default the host name."""
         self.cfg = cfg
         self.show_progress = show_progress
         mode = wandb_mode or cfg.tracking.wandb
         self.wandb_mode = "offline" if mode == "auto" else mode
         self.stop_event = stop_event
+        self.node = node
         self.state = TrainState()
+        self.heartbeat: Optional[Heartbeat] = None
         # Made by setup(); close() releases whatever setup got as far as making.
         self.accelerator: Optional[Accelerator] = None
         self.reporter: Optional[Reporter] = None
@@ -78,15 +86,18 @@ class Trainer:
         cfg = self.cfg
         self.accelerator = acc = make_accelerator(cfg.train)
         set_seed(cfg.seed, device_specific=True)
-        source = on_main(acc, lambda: check_pretrained_source(cfg.model))  # one line, before any data is read
+        prep = preparation_group(acc)
+        source = on_main(acc, lambda: check_pretrained_source(cfg.model), prep)  # one line, before any data is read
         if source:
             log.info("pretrained %s weights from %s", cfg.model.name, source)
-        self.prepared: PreparedRun = prepare_run(cfg, acc)
-        self.training: Training = build_training(cfg, acc, self.prepared.splits, self.prepared.info)
-        self.stop = StopSignal(acc, self.stop_event, cfg.train.collective_timeout)
+        self.prepared: PreparedRun = prepare_run(cfg, acc, prep)
+        self.training: Training = build_training(cfg, acc, self.prepared.splits, self.prepared.info, prep)
+        rolling = cfg.train.checkpoint_minutes > 0
+        self.stop = StopSignal(acc, self.stop_event, cfg.train.collective_timeout, rolling=rolling)
         label = WeightsLabel(cfg.train.select_metric, cfg.model.name, config_lib.to_yaml(cfg), self.prepared.info)
         self.checkpointer = Checkpointer(acc, self.prepared.run, label, cfg.train.keep_checkpoints)
-        if self.prepared.mode == "resume" and self.checkpointer.resume(self.state):
+        resumed = self.prepared.mode == "resume" and self.checkpointer.resume(self.state)
+        if resumed:
             total = self.training.steps_per_epoch * cfg.train.epochs
             fast_forward(self.training.step.scheduler, self.state.step, total)
         self.reporter = Reporter(
@@ -101,8 +112,12 @@ class Trainer:
         self.reporter.open(config_lib.to_dict(cfg))
         parameters = count_parameters(plain_model(acc, self.model))
         self.reporter.describe(cfg.model.name, parameters, self.prepared.splits)
-        if self.state.epoch == 0:
+        if acc.num_processes > 1:
+            self.heartbeat = Heartbeat(self.prepared.run.path, acc.process_index, node=self.node).start()
+        if not resumed:  # its augmentation preview draws random numbers: never after a resume restored them
             self.reporter.start(self.prepared.splits, self.prepared.info, cfg.data, cfg.augment, cfg.seed)
+        self._checkpointed_at = time.perf_counter()
+        self._checkpointed = (self.state.epoch, self.state.batches)  # the position on disk already
 
     @property
     def model(self) -> nn.Module:
@@ -111,21 +126,32 @@ class Trainer:
     # ------------------------------------------------------------------ phases
 
     def train_epoch(self, epoch: int) -> TrainEpoch:
-        """One pass over the training split; metrics over every sample, across ranks."""
+        """One pass over the training split (after a mid-epoch resume, the rest of it: the
+        same sample order, Accelerate skipping the batches already trained); metrics over every
+        sample of the epoch, across ranks."""
         acc, step = self.accelerator, self.training.step
         loader = self.training.train_loader
         self.model.train()
         loader.set_epoch(epoch)
         buffer = PredictionBuffer(len(self.prepared.info.class_names))
-        with self.reporter.epoch_progress(epoch, self.cfg.train.epochs, len(loader)) as meter:
-            for images, targets, index in loader:
-                self._check_stop()
+        done, seconds_before = self.state.batches, self.state.epoch_seconds
+        if done and self.checkpointer.resumed_rows is not None:
+            buffer.add_rows(self.checkpointer.resumed_rows)
+        batches = acc.skip_first_batches(loader, done) if done else loader
+        with self.reporter.epoch_progress(epoch, self.cfg.train.epochs, len(loader) - done) as meter:
+            for images, targets, index in batches:
+                self._between_steps(buffer, seconds_before + time.perf_counter() - meter.start)
                 out = step(images, targets)
                 self.state.step += int(out.stepped)
+                self.state.batches += 1
+                if self.heartbeat is not None:
+                    self.heartbeat.step(self.state.step)
                 buffer.add(index, out.logits, targets, out.per_sample)
                 meter.add(len(targets))
                 self.reporter.step(meter, self.state.step, out.stepped, out.loss, step.lr)
-        seconds = time.perf_counter() - meter.start
+        seconds = seconds_before + time.perf_counter() - meter.start
+        self.state.batches, self.state.epoch_seconds = 0, 0.0
+        self.checkpointer.resumed_rows = None
         predictions = buffer.gather(acc)
         metrics = classification_metrics(
             predictions.logits, predictions.targets, self.prepared.info.class_names, "train"
@@ -189,6 +215,7 @@ class Trainer:
         if self.state.finish_epoch(record, self.cfg.train.select_metric):
             self.checkpointer.write_best(self.model, self.state)
         self.checkpointer.save(self.state)
+        self._checkpointed_at, self._checkpointed = time.perf_counter(), (self.state.epoch, 0)
         return record
 
     def test(self) -> RunResults:
@@ -225,7 +252,9 @@ class Trainer:
         return results
 
     def close(self) -> None:
-        """End W&B and the process group, whatever setup got as far as making."""
+        """End W&B, the heartbeat and the process group, whatever setup got as far as making."""
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         if self.reporter is not None:
             self.reporter.close()
         if self.accelerator is not None:
@@ -240,7 +269,6 @@ class Trainer:
             for epoch in range(self.state.epoch, self.cfg.train.epochs):
                 started, lr = time.perf_counter(), self.training.step.lr
                 train = self.train_epoch(epoch)
-                self._check_stop()
                 val = self.evaluate(self.training.val_loader, "val") if self.training.val_loader is not None else None
                 record = self.finish_epoch(epoch, train, val, lr, started)
                 self.reporter.epoch(record, self.state.history, self.state.best_epoch, self.cfg.train.epochs)
@@ -251,15 +279,60 @@ class Trainer:
         except TrainingInterrupted as e:
             log.warning("training stopped at epoch %d: %s", self.state.epoch + 1, e)
             raise
+        except RuntimeError as e:
+            lost = self._lost_rank(e)
+            if lost is None:
+                raise
+            raise RankLost(lost) from None
         finally:
             self.close()
 
-    def _check_stop(self) -> None:
-        """Every rank raises together when any rank was asked to stop (see StopSignal)."""
-        if self.stop.requested():
-            raise TrainingInterrupted(
-                f"stop requested at step {self.state.step}; resume continues after epoch {self.state.epoch}"
+    def _lost_rank(self, error: RuntimeError) -> Optional[str]:
+        """Who a failed collective lost, from the heartbeats; None when it was no collective
+        failure or every rank still beats (then the error is a bug and keeps its traceback)."""
+        if self.heartbeat is None or not collective_failure(error):
+            return None
+        beat = find_quiet_rank(self.prepared.run.path, self.accelerator.process_index)
+        if beat is None:
+            return None
+        return f"{describe_loss(beat, time.time(), self.state.step)}; noticed by rank {self.accelerator.process_index}"
+
+    def _between_steps(self, buffer: PredictionBuffer, seconds: float) -> None:
+        """Before each optimizer step: stop, every rank together, after a checkpoint at this very
+        step; or write the rolling checkpoint when ``train.checkpoint_minutes`` have passed.
+
+        Only where an optimizer step begins: a checkpoint never splits an accumulation. Before
+        an epoch's first batch the previous epoch's checkpoint is this state already.
+        """
+        state = self.state
+        if state.batches % self.cfg.train.grad_accum:
+            return
+        minutes = self.cfg.train.checkpoint_minutes
+        due = minutes > 0 and time.perf_counter() - self._checkpointed_at >= 60 * minutes
+        stop, save = self.stop.poll(due)
+        if (stop or save) and state.batches and self._checkpointed != (state.epoch, state.batches):
+            state.epoch_seconds = seconds
+            started = time.perf_counter()
+            path = self.checkpointer.save(state, buffer.gather_rows(self.accelerator))
+            self._checkpointed_at, self._checkpointed = time.perf_counter(), (state.epoch, state.batches)
+            if self.accelerator.is_main_process:
+                size = sum(f.stat().st_size for f in path.iterdir() if f.is_file()) / 2**20
+                where = f"batch {state.batches} of epoch {state.epoch + 1}"
+                log.info(
+                    "checkpoint at step %d (%s): %.1f MB in %.2f s, %s",
+                    state.step,
+                    where,
+                    size,
+                    self._checkpointed_at - started,
+                    path,
+                )
+        if stop:
+            where = (
+                f"batch {state.batches} of epoch {state.epoch + 1}"
+                if state.batches
+                else f"the end of epoch {state.epoch}"
             )
+            raise TrainingInterrupted(f"stop requested at step {state.step}; resume=auto continues from {where}")
 
     def _plain_model(self) -> nn.Module:
         # Without Accelerate's autocast wrapper or the compile wrapper: Grad-CAM reads

@@ -39,7 +39,13 @@ def dry_run(cfg: Config) -> int:
     return 0
 
 
-def train(cfg: Config, wandb_mode: str, show_progress: bool, stop_event: Optional[threading.Event] = None) -> int:
+def train(
+    cfg: Config,
+    wandb_mode: str,
+    show_progress: bool,
+    stop_event: Optional[threading.Event] = None,
+    node: Optional[str] = None,
+) -> int:
     """Train ``cfg`` into its run directory; the main process prints the config and the results."""
     from brainmri.training.distributed import distributed_state
     from brainmri.training.engine import Trainer
@@ -48,7 +54,7 @@ def train(cfg: Config, wandb_mode: str, show_progress: bool, stop_event: Optiona
     setup_logging(is_main)
     if is_main:
         print_config(config_lib.to_yaml(cfg))
-    trainer = Trainer(cfg, show_progress=show_progress, wandb_mode=wandb_mode, stop_event=stop_event)
+    trainer = Trainer(cfg, show_progress=show_progress, wandb_mode=wandb_mode, stop_event=stop_event, node=node)
     results = trainer.fit()
     if is_main:
         print_results(results.to_json())
@@ -69,7 +75,8 @@ def main(
         cfg = shell.load_run_config(args.settings, recipes, environ)
         if args["--dry-run"]:
             return dry_run(cfg)
-        return train(cfg, resolve_mode(cfg.tracking.wandb, environ), show_progress, stop_event)
+        node = environ.get("SLURMD_NODENAME")  # the heartbeat names a lost rank by its SLURM node
+        return train(cfg, resolve_mode(cfg.tracking.wandb, environ), show_progress, stop_event, node)
 
     # Every rank fails alike; one line from the first is enough.
     return shell.run(command, argv, FLAGS, quiet=environ.get("RANK", "0") != "0")

@@ -12,7 +12,9 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
+import torch.distributed as dist
 from accelerate import Accelerator
 
 from brainmri import config as config_lib
@@ -102,12 +104,12 @@ def warn_config_changes(run: RunDir, cfg: Config) -> None:
         log.warning("resuming with a config that differs from %s in: %s", run.config, ", ".join(changed))
 
 
-def prepare_run(cfg: Config, accelerator: Accelerator) -> PreparedRun:
+def prepare_run(cfg: Config, accelerator: Accelerator, group: Optional[dist.ProcessGroup] = None) -> PreparedRun:
     """Decide the run folder, scan or reload the data, and write the run files (main process);
-    every rank gets the same answer, or the same error."""
-    output_dir = on_main(accelerator, lambda: str(Path(cfg.output_dir or default_run_dir(cfg.recipe)).resolve()))
+    every rank gets the same answer, or the same error (waiting in ``group``)."""
+    output_dir = on_main(accelerator, lambda: str(Path(cfg.output_dir or default_run_dir(cfg.recipe)).resolve()), group)
     run = RunDir(Path(output_dir))
-    mode = on_main(accelerator, lambda: check_output_dir(run.path, cfg.resume, cfg.overwrite))
+    mode = on_main(accelerator, lambda: check_output_dir(run.path, cfg.resume, cfg.overwrite), group)
     root = resolve_root(cfg.data.root)
     has_test = find_split_dir(root, "test") is not None
     resuming = mode == "resume" and run.dataset.exists()  # written last by write_run_files
@@ -132,7 +134,7 @@ def prepare_run(cfg: Config, accelerator: Accelerator) -> PreparedRun:
         write_run_files(run, cfg, splits, info)
         return info.to_json()
 
-    info = DatasetInfo.from_json(on_main(accelerator, prepare))
+    info = DatasetInfo.from_json(on_main(accelerator, prepare, group))
     splits = read_split(run.split, root, has_test)
     if splits.test is None:
         log.warning("no Testing/ folder in %s: there will be no test phase", root)

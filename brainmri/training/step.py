@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
+import torch.distributed as dist
 from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
@@ -127,8 +128,17 @@ class Training:
         return self.step.model
 
 
-def build_training(cfg: Config, accelerator: Accelerator, splits: DatasetSplits, info: DatasetInfo) -> Training:
-    """Loaders, model, optimizer, loss and schedule of ``cfg``, prepared for ``accelerator``."""
+def build_training(
+    cfg: Config,
+    accelerator: Accelerator,
+    splits: DatasetSplits,
+    info: DatasetInfo,
+    group: Optional[dist.ProcessGroup] = None,
+) -> Training:
+    """Loaders, model, optimizer, loss and schedule of ``cfg``, prepared for ``accelerator``.
+
+    Every node builds its image cache first; with ``group`` (the preparation group), ranks then
+    wait for each other there, with its long timeout, before Accelerate's first collective."""
     device = accelerator.device
     loaders = build_loaders(
         splits,
@@ -140,6 +150,8 @@ def build_training(cfg: Config, accelerator: Accelerator, splits: DatasetSplits,
         num_local_processes=local_process_count(accelerator),
         device=device,
     )
+    if group is not None:
+        dist.barrier(group=group)
     model = build_model(cfg.model, cfg.in_chans, cfg.data.image_size, len(CLASS_NAMES))
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)

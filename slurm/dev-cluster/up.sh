@@ -122,6 +122,9 @@ SlurmdLogFile=/var/log/slurm/slurmd-%n.log
 TaskProlog=/etc/slurm/brainmri-task-prolog.sh
 Epilog=/etc/slurm/brainmri-epilog.sh
 MinJobAge=600
+# Small on purpose, as real clusters cap arrays too (SLURM's default is 1001): a sweep of more
+# trials goes out as several arrays, and the SLURM tests exercise that.
+MaxArraySize=4
 KillWait=10
 InactiveLimit=0
 NodeName=node[1-${NODES}] NodeHostname=${HOST} NodeAddr=127.0.0.1 Port=[17001-$((17000 + NODES))] CPUs=${NODE_CPUS} RealMemory=${NODE_MEM} State=UNKNOWN

@@ -7,6 +7,7 @@ import json
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -221,6 +222,62 @@ def test_preempted_two_node_job_stops_every_rank_at_one_step_and_keeps_every_epo
     assert len(runs) == 2 and all(r.name.endswith(wandb_id.strip()) for r in runs)
 
 
+def requeue_and_finish(jid: str, out: Path, deadline: float) -> None:
+    """Release the requeued job at once (SLURM holds it back 2 minutes) and wait for its results."""
+    released = False
+    while not (out / "results.json").exists():
+        assert time.time() < deadline, f"job {jid} did not finish after its requeue"
+        if not released:
+            info = subprocess.run(["scontrol", "show", "job", jid], capture_output=True, text=True).stdout
+            if "Restarts=1" in info and "JobState=PENDING" in info:
+                subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], check=True)
+                released = True
+        time.sleep(1)
+    assert released, "the job was never requeued"
+
+
+@pytest.mark.parametrize("fault", ["SIGKILL", "SIGSTOP"], ids=["killed-rank", "hung-rank"])
+def test_a_lost_or_hung_rank_ends_the_attempt_names_the_rank_and_the_job_comes_back(tmp_path, fault):
+    """Rank 1 on node2 killed (a dead process, as the OOM killer leaves it) or frozen (a hung
+    one): rank 0 leaves its collective (the kill: at once; the hang: after
+    train.collective_timeout), names the rank, its node and its last step from the heartbeats,
+    and requeues the job, which resumes from its last checkpoint and keeps every epoch once."""
+    out = tmp_path / "run"
+    settings = [*TWO_NODES, "train.epochs=4", "tracking.wandb=disabled", *SMALL, "train.collective_timeout=20"]
+    submit = python(SUBMIT, "recipe=demo", f"output_dir={out}", *settings, "train.checkpoint_minutes=0.05", "--wait")
+    waiter = subprocess.Popen(submit, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while not (out / "slurm").is_dir() or not list((out / "slurm").glob("*_submitted.pkl")):
+        assert time.time() < deadline and waiter.poll() is None, "not submitted"
+        time.sleep(0.2)
+    jid = next((out / "slurm").glob("*_submitted.pkl")).name.split("_")[0]
+    beat = out / "heartbeats" / "rank_1.json"
+    while not (out / "checkpoints" / "epoch_0001").is_dir() or not beat.is_file():
+        assert time.time() < deadline, "no first checkpoint"
+        time.sleep(0.5)
+    time.sleep(random.uniform(0.0, 2.0))
+    pid = json.loads(beat.read_text())["pid"]
+    os.kill(pid, getattr(signal, fault))
+    hit = time.time()
+    log0 = out / "slurm" / f"{jid}_0_log.out"
+    while "lost at step" not in (log0.read_text() if log0.exists() else ""):
+        assert time.time() < hit + 120, f"rank 0 did not notice the {fault}"
+        time.sleep(0.5)
+    noticed = time.time() - hit
+    requeue_and_finish(jid, out, deadline + 300)
+    said, _ = waiter.communicate(timeout=300)
+    assert waiter.returncode == 0 and "lost at step" in said and "requeued, attempt 2" in said, said[-3000:]
+    line = re.search(
+        r"\[brainmri\] rank 1 on node2 lost at step (\d+) \(its last heartbeat: step \d+, \d+ s ago, pid (\d+)\); "
+        r"noticed by rank 0; requeued, attempt 2",
+        log0.read_text(),
+    )
+    assert line and int(line.group(2)) == pid, log0.read_text()[-2000:]
+    assert noticed < (60 if fault == "SIGKILL" else 20 + 60), noticed
+    assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4]
+    print(f"{fault}: noticed after {noticed:.0f} s")
+
+
 def test_sweep_of_two_node_trials_one_array_then_nothing_then_status_then_only_the_unfinished(tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = python(SWEEP, "sweep=demo", f"output_dir={sweep_dir}", "tracking.wandb=disabled")
@@ -267,6 +324,39 @@ def test_sweep_of_two_node_trials_one_array_then_nothing_then_status_then_only_t
     assert "submitted 1 trial(s)" in proc.stdout
     manifest = json.loads((sweep_dir / "manifest.json").read_text())
     assert {t["state"] for t in manifest["trials"]} == {"completed"}
+
+
+def test_a_sweep_past_max_array_size_goes_out_as_several_arrays_with_one_manifest(tmp_path):
+    """The dev cluster's MaxArraySize is 4: 6 trials are 2 arrays (4 + 2), one manifest, one
+    status table; held, so that nothing runs, and a re-run submits nothing."""
+    from brainmri.cluster.partition import max_array_size
+
+    assert max_array_size() == 4
+    sweep_file = tmp_path / "six.yaml"
+    sweep_file.write_text(
+        "recipe: demo\nmetric: val/acc\noverrides:\n  train.epochs: 1\n  slurm.gpus_per_node: 0\n"
+        "  slurm.cpus_per_task: 1\n  slurm.additional: {hold: true}\n"
+        "grid:\n  optim.lr: [1.0e-4, 2.0e-4, 3.0e-4, 4.0e-4, 5.0e-4, 6.0e-4]\n"
+    )
+    sweep_dir = tmp_path / "sweep"
+    args = python(SWEEP, f"sweep={sweep_file}", f"output_dir={sweep_dir}", "tracking.wandb=disabled")
+    proc = run_script(args)
+    ids = set()
+    try:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        trials = json.loads((sweep_dir / "manifest.json").read_text())["trials"]
+        ids = {t["job_id"] for t in trials}
+        arrays = sorted({i.split("_")[0] for i in ids}, key=int)
+        assert len(trials) == 6 and len(arrays) == 2, trials
+        assert f"submitted 6 trial(s) as 2 array jobs {arrays[0]}, {arrays[1]}" in proc.stdout
+        tasks = [sorted(int(i.split("_")[1]) for i in ids if i.startswith(f"{a}_")) for a in arrays]
+        assert tasks == [[0, 1, 2, 3], [0, 1]]
+        again = run_script(args)
+        assert again.returncode == 0 and "nothing to submit: 0 completed, 6 pending or running" in again.stdout
+        status = run_script(python(SWEEP, "status", str(sweep_dir)))
+        assert status.returncode == 0 and sum("pending" in line for line in status.stdout.splitlines()) == 6
+    finally:
+        subprocess.run(["scancel", *{i.split("_")[0] for i in ids}], check=False)
 
 
 def test_cv_sweep_runs_every_fold_as_one_array_and_reports_mean_and_std(tmp_path):

@@ -46,6 +46,21 @@ def test_checkpoints_complete_only_and_pruning(tmp_path):
     assert not run.temp_checkpoint(5).exists()
 
 
+def test_mid_epoch_checkpoints_sort_after_their_epoch_and_are_pruned_once_passed(tmp_path):
+    run = RunDir(tmp_path)
+    assert run.checkpoint(2, 7).name == "epoch_0002_batch_000007" and run.checkpoint(2).name == "epoch_0002"
+    for epoch, batch in ((1, 0), (2, 0), (2, 7), (2, 12)):
+        run.checkpoint(epoch, batch).mkdir(parents=True)
+    run.temp_checkpoint(2, 20).mkdir()
+    assert run.latest_checkpoint() == (2, run.checkpoint(2, 12))  # the newest, mid-epoch, complete one
+    assert [e for e, _ in run.complete_checkpoints()] == [1, 2]  # epoch ends only
+    run.prune_checkpoints(keep=2, best_epoch=1)
+    assert [name for name, _ in run.all_checkpoints()] == [(1, 0), (2, 0), (2, 12)]  # only the newest mid-epoch one
+    run.checkpoint(3).mkdir()
+    run.prune_checkpoints(keep=2, best_epoch=1)
+    assert [name for name, _ in run.all_checkpoints()] == [(1, 0), (2, 0), (3, 0)]  # passed: worth nothing now
+
+
 def test_atomic_writes_leave_no_temp_files(tmp_path):
     atomic_write_json(tmp_path / "a.json", {"x": 1})
     write_jsonl(tmp_path / "m.jsonl", [{"epoch": 1}, {"epoch": 2}])

@@ -154,3 +154,13 @@ def test_train_job_binds_from_slurms_variables(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     b = cluster.task_binding(submitit.JobEnvironment(), gpus_per_node=0)
     assert (b.rank, b.world_size, b.node, b.master_addr, b.threads) == (1, 2, "gpu02", "node1", 1)
+
+
+def test_gpu_tasks_make_nccl_errors_abort_rather_than_hang():
+    """TORCH_NCCL_ASYNC_ERROR_HANDLING=1: a failed or timed-out collective raises on the
+    survivors (who then name the lost rank) instead of hanging; a user's own value is kept."""
+    env = binding.bind_task(task_env(1, 1, 0, CUDA_VISIBLE_DEVICES="0,1,2,3"), HOSTS, gpus_per_node=4).environment()
+    assert env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
+    mine = task_env(1, 1, 0, CUDA_VISIBLE_DEVICES="0,1,2,3", TORCH_NCCL_ASYNC_ERROR_HANDLING="3")
+    assert binding.bind_task(mine, HOSTS, gpus_per_node=4).environment()["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "3"
+    assert "TORCH_NCCL_ASYNC_ERROR_HANDLING" not in binding.bind_task(task_env(1, 0, 1), HOSTS, 0).environment()

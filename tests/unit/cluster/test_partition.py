@@ -94,3 +94,9 @@ def test_requests_that_fit():
 def test_unknown_partition_names_the_known_ones():
     with pytest.raises(BrainMRIError, match=r"^slurm.partition=gpus: no such partition \(partitions: debug, gpu\)$"):
         partition.parse_sinfo(SINFO, "gpus")
+
+
+def test_max_array_size_comes_from_the_cluster_config():
+    config = "ClusterName = x\nMaxArraySize            = 4\nMaxJobCount = 10000\n"
+    assert partition.parse_max_array_size(config) == 4
+    assert partition.parse_max_array_size("ClusterName = x\n") == 1001  # SLURM's default when unsaid

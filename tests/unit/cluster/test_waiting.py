@@ -94,3 +94,20 @@ def test_summary_line():
     rows = waiting.parse_squeue("5_0|RUNNING|None|node1\n5_1|PENDING|Resources|\n5_2|PENDING|Resources|\n")
     assert waiting.summary(watches, rows) == "1 RUNNING on node1; 2 PENDING (Resources)"
     assert waiting.summary(watches[:1], rows) == "trial 0: RUNNING on node1"
+
+
+def test_the_last_event_of_a_jobs_log_says_why_its_attempt_ended(tmp_path):
+    log = tmp_path / "7_0_log.out"
+    log.write_text(
+        "[brainmri] job 7 rank 0/2 on node node1 ..., attempt 1\n"
+        "epoch 1/4 ...\n"
+        "[brainmri] rank 1 on node2 lost at step 12 (its last heartbeat: step 6, 22 s ago, pid 9); "
+        "noticed by rank 0; requeued, attempt 2\n"
+        "[brainmri] job 7 rank 0/2 on node node1 ..., attempt 2\n"
+    )
+    assert waiting.last_event(log).startswith("rank 1 on node2 lost at step 12") and "attempt 2" in waiting.last_event(
+        log
+    )
+    assert waiting.last_event(tmp_path / "missing.out") is None
+    (tmp_path / "quiet.out").write_text("[brainmri] job 8 rank 0/1 ..., attempt 1\n")
+    assert waiting.last_event(tmp_path / "quiet.out") is None

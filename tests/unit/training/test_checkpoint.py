@@ -118,3 +118,14 @@ def test_a_checkpoint_without_train_state_is_refused(tmp_path):
     (folder / TrainState.FILE).unlink()
     with pytest.raises(CheckpointError, match="train_state.json"):
         TrainState().load(folder)
+
+
+def test_a_train_state_without_a_mid_epoch_position_loads_at_an_epoch_end():
+    """train_state.json written before mid-epoch checkpoints has no batches/epoch_seconds."""
+    state = TrainState()
+    state.load_state_dict({"epoch": 3, "step": 30, "best_metric": 0.5, "best_epoch": 2, "history": []})
+    assert (state.epoch, state.step, state.batches, state.epoch_seconds) == (3, 30, 0, 0.0)
+    state.batches, state.epoch_seconds = 5, 1.5
+    again = TrainState()
+    again.load_state_dict(state.state_dict())
+    assert (again.batches, again.epoch_seconds) == (5, 1.5)

@@ -203,3 +203,23 @@ def test_plain_model_reaches_a_compiled_module_inside_ddp(tmp_path):
         AcceleratorState._reset_state(True)
     prefixed = {f"_orig_mod.{k}": v for k, v in net.state_dict().items()}  # what such runs wrote
     assert without_compile_prefix(prefixed).keys() == net.state_dict().keys()
+
+
+def test_a_rolling_checkpoint_is_due_when_the_main_process_says_so(monkeypatch):
+    """The flags travel together: [stop from any rank, due from the main process only]."""
+    import torch.distributed as dist
+
+    sent = []
+
+    def all_reduce(tensor, op=None, group=None):
+        sent.append(tensor.tolist())
+        tensor += torch.tensor([0, 1], dtype=torch.int32)  # the main process's clock says due
+
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "gloo")
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    worker = FakeAccelerator(world=2, rank=1)
+    signal = StopSignal(worker, None, rolling=True)
+    assert signal.poll(checkpoint_due=True) == (False, True) and sent == [[0, 0]]  # a worker's clock does not count
+    assert StopSignal(FakeAccelerator(), None, rolling=True).poll(checkpoint_due=True) == (False, True)
+    idle = StopSignal(worker, None)  # no stop event, no rolling checkpoints: no collective at all
+    assert idle.poll(checkpoint_due=False) == (False, False) and len(sent) == 1
