@@ -106,20 +106,10 @@ def show_plan(title: str, records: list[TrialRecord], varying: list[str]) -> Non
 
 def run_sweep(settings: list[str], recipes: Path, dry_run: bool, wait: bool) -> Optional[SweepRun]:
     """Submit every unfinished trial of ``sweep=NAME`` as one job array, or several past the
-    cluster's ``MaxArraySize`` (``--dry-run``: show the
-    plan and the sbatch script); with ``wait``, follow them to their end. None when nothing
-    was submitted."""
+    cluster's ``MaxArraySize`` (``--dry-run``: show the plan and the sbatch script); with
+    ``wait``, follow them to their end. None when nothing was submitted."""
     quiet_submitit()
-    overrides = parse_overrides(settings)
-    name = overrides.pop("sweep", None)
-    if not name:
-        raise ConfigError("give the sweep: sweep=NAME (a file in recipes/sweeps/) or sweep=path/to/sweep.yaml")
-    spec, source = load_sweep(name, recipes / "sweeps")
-    cv = overrides.pop("cv", None)
-    if cv is not None:
-        spec.cv = check_cv(cv, "the command line")
-    sweep_dir = Path(overrides.pop("output_dir", None) or default_sweep_dir(spec.name)).resolve()
-    common = [f"{k}={v}" for k, v in overrides.items()]
+    spec, source, sweep_dir, common = sweep_request(settings, recipes)
     trials = expand_trials(spec)
     configs = trial_configs(spec, trials, common, sweep_dir, recipes)
     slurm = configs[0][1].slurm
@@ -147,7 +137,7 @@ def run_sweep(settings: list[str], recipes: Path, dry_run: bool, wait: bool) -> 
     executor = make_executor(sweep_dir / "slurm", slurm, job_name(slurm, spec.recipe, "-sweep"))
     if dry_run:
         console.print(f"{partition.describe()}: every trial fits" if partition else "not checked against sinfo")
-        console.rule("sbatch script (one array job)")
+        console.rule("sbatch script (one array job per MaxArraySize trials)")
         console.print(sbatch_preview(executor), markup=False, highlight=False, soft_wrap=True)
         console.print(f"would submit {len(todo)} trial(s) into {sweep_dir}")
         return None
@@ -175,6 +165,21 @@ def run_sweep(settings: list[str], recipes: Path, dry_run: bool, wait: bool) -> 
     ok = wait_trials([record for record, _, _ in todo], jobs, slurm)
     write_manifest(manifest_path, spec.name, str(source), records, extra)
     return SweepRun(sweep_dir, len(jobs), waited=True, ok=ok)
+
+
+def sweep_request(settings: list[str], recipes: Path) -> tuple:
+    """(the sweep file's spec, its path, the sweep folder, the settings every trial gets) of
+    ``sweep=NAME [cv=K] [output_dir=DIR] key=value ...``."""
+    overrides = parse_overrides(settings)
+    name = overrides.pop("sweep", None)
+    if not name:
+        raise ConfigError("give the sweep: sweep=NAME (a file in recipes/sweeps/) or sweep=path/to/sweep.yaml")
+    spec, source = load_sweep(name, recipes / "sweeps")
+    cv = overrides.pop("cv", None)
+    if cv is not None:
+        spec.cv = check_cv(cv, "the command line")
+    sweep_dir = Path(overrides.pop("output_dir", None) or default_sweep_dir(spec.name)).resolve()
+    return spec, source, sweep_dir, [f"{k}={v}" for k, v in overrides.items()]
 
 
 def wait_trials(records: list[TrialRecord], jobs: list, slurm: SlurmConfig) -> bool:

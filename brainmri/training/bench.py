@@ -30,6 +30,7 @@ from brainmri.data.samples import DatasetSplits, resolve_root
 from brainmri.data.scan import scan_dataset
 from brainmri.data.splits import split_rule
 from brainmri.data.transforms import fixed_normalization, resolve_augment
+from brainmri.models import check_pretrained_source
 from brainmri.records import DatasetInfo
 from brainmri.training.distributed import cpu_has_native_bf16, make_accelerator
 from brainmri.training.preparation import dataset_info
@@ -156,6 +157,7 @@ def run_benchmark(
     that drift would land in the ratio, while alternating windows see the same machine.
     Batches the loader's workers prefetched during a model window are skipped, not counted.
     """
+    check_pretrained_source(cfg.model)  # one line, as train.py says it, before any data is read
     accelerator = make_accelerator(cfg.train)
     device = accelerator.device
     # Speed does not depend on which images validate: skip the perceptual hashes of the grouped split.

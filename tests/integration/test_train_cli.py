@@ -346,6 +346,19 @@ def test_bench_writes_json_with_positive_numbers(tmp_path):
     assert list(tmp_path.iterdir()) == []  # the benchmark's scratch cache is removed
 
 
+def test_bench_without_reachable_pretrained_weights_is_the_one_line_train_gives(tmp_path):
+    """A node without the weights in its cache and no hub: train.py and bench.py both say so
+    in the same one line, before any data is read (bench.py printed huggingface_hub's traceback)."""
+    args = ["recipe=resnet18_512", "model.pretrained=true", "data.root=/does/not/exist", f"data.cache_dir={tmp_path}"]
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    bench = run_script(python(str(REPO / "launch" / "bench.py"), *args), env=env)
+    train = run_script(python(TRAIN, *args, f"output_dir={tmp_path / 'run'}"), env=env)
+    assert bench.returncode == train.returncode == 2, bench.stderr[-2000:]
+    line = "error: model.pretrained=true: resnet18's weights"
+    assert bench.stderr.strip().splitlines() == train.stderr.strip().splitlines()[-1:]
+    assert bench.stderr.startswith(line) and "Traceback" not in bench.stderr
+
+
 def test_bench_rejects_a_bad_count_in_one_line(tmp_path):
     proc = run_script(
         python(str(REPO / "launch" / "bench.py"), "recipe=demo", "--steps=many", f"data.cache_dir={tmp_path}")

@@ -181,6 +181,20 @@ def test_dry_run_prints_the_check_the_ranks_and_sbatch_and_submits_nothing(tmp_p
     assert not list((out / "slurm").glob("*_submitted.pkl"))
 
 
+def requeue_and_finish(jid: str, out: Path, deadline: float) -> None:
+    """Release the requeued job at once (SLURM holds it back 2 minutes) and wait for its results."""
+    released = False
+    while not (out / "results.json").exists():
+        assert time.time() < deadline, f"job {jid} did not finish after its requeue"
+        if not released:
+            info = subprocess.run(["scontrol", "show", "job", jid], capture_output=True, text=True).stdout
+            if "Restarts=1" in info and "JobState=PENDING" in info:
+                subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], check=True)
+                released = True
+        time.sleep(1)
+    assert released, "the job was never requeued"
+
+
 def test_preempted_two_node_job_stops_every_rank_at_one_step_and_keeps_every_epoch_once(tmp_path):
     out = tmp_path / "run"
     proc = run_script(
@@ -197,17 +211,7 @@ def test_preempted_two_node_job_stops_every_rank_at_one_step_and_keeps_every_epo
     time.sleep(random.uniform(0.0, 3.0))  # anywhere in the epochs that follow
     wandb_id = (out / "wandb_id.txt").read_text()
     subprocess.run(["scancel", "--signal=USR2", jid], check=True)
-    released = False
-    while not (out / "results.json").exists():
-        assert time.time() < deadline + 300, "requeued job did not finish"
-        if not released:
-            # SLURM holds a requeued job back for 2 minutes (BeginTime); the test need not wait.
-            info = subprocess.run(["scontrol", "show", "job", jid], capture_output=True, text=True).stdout
-            if "Restarts=1" in info and "JobState=PENDING" in info:
-                subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], check=True)
-                released = True
-        time.sleep(1)
-    assert released, "the job was never requeued"
+    requeue_and_finish(jid, out, deadline + 300)
     assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4]
     logs = [(out / "slurm" / f"{jid}_{rank}_log.out").read_text() for rank in (0, 1)]
     stops = [re.findall(r"\[brainmri\] rank (\d) on node (node\d): stop requested at step (\d+)", log) for log in logs]
@@ -220,20 +224,6 @@ def test_preempted_two_node_job_stops_every_rank_at_one_step_and_keeps_every_epo
     assert (out / "wandb_id.txt").read_text() == wandb_id
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(r.name.endswith(wandb_id.strip()) for r in runs)
-
-
-def requeue_and_finish(jid: str, out: Path, deadline: float) -> None:
-    """Release the requeued job at once (SLURM holds it back 2 minutes) and wait for its results."""
-    released = False
-    while not (out / "results.json").exists():
-        assert time.time() < deadline, f"job {jid} did not finish after its requeue"
-        if not released:
-            info = subprocess.run(["scontrol", "show", "job", jid], capture_output=True, text=True).stdout
-            if "Restarts=1" in info and "JobState=PENDING" in info:
-                subprocess.run(["scontrol", "update", f"JobId={jid}", "StartTime=now"], check=True)
-                released = True
-        time.sleep(1)
-    assert released, "the job was never requeued"
 
 
 @pytest.mark.parametrize("fault", ["SIGKILL", "SIGSTOP"], ids=["killed-rank", "hung-rank"])
