@@ -246,9 +246,6 @@ class StopSignal:
         if self.active and accelerator.num_processes > 1:
             self.group = host_group(collective_timeout)
 
-    def requested(self) -> bool:
-        return self.poll()[0]
-
     def poll(self, checkpoint_due: bool = False) -> tuple[bool, bool]:
         """(stop requested on any rank, checkpoint due by the main process's clock)."""
         stop = self.event is not None and self.event.is_set()

@@ -94,11 +94,11 @@ def test_on_main_returns_the_value_or_raises_the_toolkit_error():
 
 def test_stop_signal_reads_the_event_without_a_device_round_trip_on_one_process():
     event = threading.Event()
-    assert not StopSignal(FakeAccelerator(), None).requested()
+    assert not StopSignal(FakeAccelerator(), None).poll()[0]
     signal = StopSignal(FakeAccelerator(), event)
-    assert not signal.requested()
+    assert not signal.poll()[0]
     event.set()
-    assert signal.requested()
+    assert signal.poll()[0]
 
 
 def test_stop_signal_is_a_host_flag_reduced_over_gloo_on_several_processes(monkeypatch):
@@ -124,7 +124,7 @@ def test_stop_signal_is_a_host_flag_reduced_over_gloo_on_several_processes(monke
 
     signal = StopSignal(NoDeviceReduce(world=2), threading.Event(), collective_timeout=600)
     assert groups == [("gloo", datetime.timedelta(seconds=600))]
-    assert signal.requested() and reduced == [("cpu", "gloo-group")]
+    assert signal.poll()[0] and reduced == [("cpu", "gloo-group")]
     monkeypatch.setattr(dist, "get_backend", lambda group=None: "gloo")  # on CPUs the default group is gloo already
     assert StopSignal(NoDeviceReduce(world=2), threading.Event()).group is None
 
