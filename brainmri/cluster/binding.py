@@ -89,11 +89,11 @@ def master_port(job_id: str) -> int:
     return PORT_BASE + number % PORT_SPAN
 
 
-def visible_gpus(value: Optional[str]) -> list[str]:
-    """The ids in ``CUDA_VISIBLE_DEVICES`` (SLURM writes ``NoDevFiles`` when none were given)."""
-    if not value or value.strip() in ("NoDevFiles", "-1"):
-        return []
-    return [v.strip() for v in value.split(",") if v.strip()]
+def visible_gpus(value: Optional[str], unset: int = 0) -> list[str]:
+    """The ids in ``CUDA_VISIBLE_DEVICES`` (SLURM writes ``NoDevFiles`` when none were given);
+    when it names none, ``0 .. unset-1``: every GPU of a node that does not restrict them."""
+    named = [] if not value or value.strip() in ("NoDevFiles", "-1") else value.split(",")
+    return [v.strip() for v in named if v.strip()] or [str(i) for i in range(unset)]
 
 
 def pick_gpu(local_rank: int, local_world_size: int, visible: Sequence[str], node_gpus: int, node: str) -> str:
@@ -135,7 +135,7 @@ def bind_task(environ: Mapping[str, str], hostnames: Sequence[str], gpus_per_nod
     local_world_size = world_size // num_nodes
     gpu = None
     if gpus_per_node > 0:
-        visible = visible_gpus(environ.get("CUDA_VISIBLE_DEVICES")) or [str(i) for i in range(gpus_per_node)]
+        visible = visible_gpus(environ.get("CUDA_VISIBLE_DEVICES"), gpus_per_node)
         gpu = pick_gpu(local_rank, local_world_size, visible, number("SLURM_GPUS_ON_NODE", gpus_per_node), node)
     threads = number("SLURM_CPUS_PER_TASK", 0) or None
     if "OMP_NUM_THREADS" in environ:

@@ -125,7 +125,7 @@ def task_binding(env: submitit.JobEnvironment, gpus_per_node: int) -> TaskBindin
     gpu = None
     if gpus_per_node:
         # submitit's local executor shows every task all of the job's GPUs (its visible_gpus).
-        visible = visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES")) or [str(i) for i in range(gpus_per_node)]
+        visible = visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), gpus_per_node)
         gpu = pick_gpu(dist.local_rank, dist.local_world_size, visible, gpus_per_node, env.hostname)
     return TaskBinding(
         rank=dist.rank,
