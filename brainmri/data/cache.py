@@ -37,6 +37,8 @@ from brainmri.errors import DatasetError
 from brainmri.rundir import atomic_replace, atomic_write_text
 
 log = logging.getLogger(__name__)
+
+LOCK_TIMEOUT = 3600.0  # seconds a process waits for another one building the same cache
 CACHE_VERSION = 1
 
 
@@ -114,7 +116,7 @@ def open_or_build(
     channels: int,
     cache_dir: Path,
     workers: int,
-    lock_timeout: float = 3600.0,
+    lock_timeout: float = LOCK_TIMEOUT,
 ) -> ImageCache:
     """The cache for these images at this size, building it first if no process has yet."""
     paths = sorted({s.path for s in samples})

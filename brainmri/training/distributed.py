@@ -20,6 +20,7 @@ from accelerate.utils import broadcast_object_list as accelerate_broadcast
 from torch import nn
 
 from brainmri.config import TrainConfig
+from brainmri.data.cache import LOCK_TIMEOUT
 from brainmri.errors import BrainMRIError
 from brainmri.records import Predictions
 
@@ -149,7 +150,7 @@ def local_process_count(accelerator: Accelerator) -> int:
 
 # How long ranks wait for the main process's preparation (a first scan of a large dataset) or
 # for another node's image cache: the cache lock's own limit, far above train.collective_timeout.
-PREPARE_TIMEOUT = 3600.0
+PREPARE_TIMEOUT = LOCK_TIMEOUT
 
 
 def preparation_group(accelerator: Accelerator) -> Optional[dist.ProcessGroup]:
