@@ -360,6 +360,7 @@ class EvalConfig:
 
     run: Optional[str] = None  # a run directory
     checkpoint: Optional[str] = None  # a weights file or checkpoint folder (default: the run's best.safetensors)
+    compare: Optional[str] = None  # evaluate.py: another run (or runs) scored on the same images, paired
     split: str = "test"  # test | val (the run's own split.csv)
     tta: str = "auto"  # auto: the run's own train.tta | none | hflip (average the logits of the image and its mirror)
     batch_size: int = 64

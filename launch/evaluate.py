@@ -5,9 +5,11 @@
     python launch/evaluate.py run=RUN_DIR data.root=/elsewhere/sartaj checkpoint=RUN_DIR/checkpoints/epoch_0020
     python launch/evaluate.py run=runs/sweeps/demo_cv                 # the ensemble of a sweep's finished runs
     python launch/evaluate.py run=RUN_A,RUN_B,RUN_C                    # the ensemble of these runs
+    python launch/evaluate.py run=RUN_A compare=RUN_B                  # paired bootstrap and McNemar, A vs B
 
 Accuracy, balanced accuracy, macro/weighted F1, per-class precision, recall (sensitivity),
-specificity and ROC AUC, expected calibration error, the confusion matrix; on the test
+specificity and ROC AUC, expected calibration error, the confusion matrix, 95% stratified
+bootstrap intervals of accuracy, balanced accuracy and macro-F1; on the test
 split also the same without test images that duplicate a Training image. Writes
 eval_<split>.json and figures/eval_<split>_{confusion_matrix,roc,reliability}.png into
 the run directory; with the run's temperature (calibration.json), ECE and NLL before and
@@ -24,9 +26,17 @@ from brainmri import config as config_lib
 from brainmri import shell
 from brainmri.errors import BrainMRIError
 from brainmri.evaluation.report import evaluation_figures
-from brainmri.evaluation.trained import TrainedModel, evaluate, load_models, resolve_tta, split_samples
+from brainmri.evaluation.trained import (
+    TrainedModel,
+    compare_on_same_images,
+    evaluate,
+    load_models,
+    resolve_tta,
+    split_samples,
+)
 from brainmri.reporting.console import console, print_metrics, setup_logging
 from brainmri.rundir import atomic_write_json
+from brainmri.scoring.intervals import intervals_json
 
 RECIPES = shell.recipes_beside(__file__)
 
@@ -38,12 +48,17 @@ def command(args: shell.Args) -> int:
     trained, ensemble = models[0], len(models) > 1
     if ensemble and cfg.split == "val":
         raise BrainMRIError("split=val with an ensemble: every member has its own validation split; use split=test")
+    others = load_models(cfg.compare) if cfg.compare else None  # B's files checked before scoring A
     splits = split_samples(trained, cfg.data.root, cfg.split)
     result = evaluate(models, splits, cfg.split, cfg.tta, cfg.batch_size)
     split, m, n = cfg.split, result.metrics, result.size
     tta = sorted({resolve_tta(member, cfg.tta) for member in models})
     what = f"the ensemble of {len(models)} runs (mean probability)" if ensemble else str(trained.weights)
-    print_metrics(m, split, f"{split} split, {n} images ({what}{', hflip TTA' if 'hflip' in tta else ''})")
+    print_metrics(
+        {**m, "intervals": intervals_json(result.intervals, split)},
+        split,
+        f"{split} split, {n} images ({what}{', hflip TTA' if 'hflip' in tta else ''})",
+    )
     if result.leakage_free is not None:
         free = result.leakage_free
         print_metrics(
@@ -69,6 +84,14 @@ def command(args: shell.Args) -> int:
             f"calibration: temperature {temperature} from {source}{note}: "
             f"ECE {m[f'{split}/ece']:.3f} -> [bold]{cal.metrics[f'{split}/ece']:.3f}[/bold], "
             f"NLL {m[f'{split}/loss']:.3f} -> [bold]{cal.metrics[f'{split}/loss']:.3f}[/bold]"
+        )
+    if cfg.compare:
+        result.comparison = compare_on_same_images(result, others, splits, cfg.tta, cfg.batch_size)
+        d, test = result.comparison.difference, result.comparison.mcnemar
+        console.print(
+            f"[bold]A - B[/bold] (B: {cfg.compare}, same {n} images, paired bootstrap): "
+            + ", ".join(f"{k} {v.value:+.3f} [{v.low:+.3f}, {v.high:+.3f}]" for k, v in d.items())
+            + f"; McNemar: A alone right {test.only_a}, B alone right {test.only_b}, exact p = {test.p_value:.4g}"
         )
     weights = str(trained.weights) if not ensemble else [str(t.weights) for t in models]
     report = result.report(weights, tta[0] if len(tta) == 1 else tta, splits.root)

@@ -3,7 +3,9 @@
 ``launch/sweep.py status`` prints the table and writes the figures into the sweep folder:
 ``cv_<metric>.png`` (the metric against each swept parameter, ± one standard deviation over
 folds) and, for a sweep of ``model.dropout``, the two dropout illustrations of the CNN study
-(a linear layer's output spread and an image under each swept p).
+(a linear layer's output spread and an image under each swept p). Each setting whose folds
+are all done also gets the 95% stratified bootstrap interval of its pooled out-of-fold
+accuracy and macro-F1 (every Training image once, predicted by the fold that did not train on it).
 """
 
 from __future__ import annotations
@@ -11,14 +13,25 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
 from brainmri.cluster.sweep import CvSetting
 from brainmri.reporting import figures
+from brainmri.scoring.intervals import Interval, bootstrap_intervals
 
-COLUMNS = ("setting", "overrides", "folds done", "mean ± std", "spread", "per fold", "test acc (mean)")
+COLUMNS = (
+    "setting",
+    "overrides",
+    "folds done",
+    "mean ± std",
+    "spread",
+    "per fold",
+    "test acc (mean)",
+    "out-of-fold acc [95% CI]",
+    "out-of-fold macro-F1 [95% CI]",
+)
 DROPOUT_KEY = "model.dropout"
 
 
@@ -30,8 +43,33 @@ def _sort_key(value) -> tuple:
     )
 
 
-def table_rows(settings: Sequence[CvSetting], varying: Sequence[str], folds: int) -> list[list[str]]:
-    """One row per setting, in the order given, matching :data:`COLUMNS`."""
+def out_of_fold_intervals(sweep_dir: Path, settings: Sequence[CvSetting], folds: int) -> dict[str, dict[str, Interval]]:
+    """setting -> the bootstrap intervals of its pooled out-of-fold predictions, for every
+    setting whose folds all wrote theirs (``val_predictions.csv``)."""
+    from brainmri.errors import BrainMRIError
+    from brainmri.evaluation.labels import read_out_of_fold
+
+    out = {}
+    for c in settings:
+        if len(c.values) != folds:
+            continue
+        try:
+            oof = read_out_of_fold(sweep_dir, c.base)
+        except BrainMRIError:  # folds that predate val_predictions.csv: no pooled score
+            continue
+        out[c.base] = bootstrap_intervals(oof.labels, oof.probs.argmax(axis=1), len(oof.class_names))
+    return out
+
+
+def table_rows(
+    settings: Sequence[CvSetting],
+    varying: Sequence[str],
+    folds: int,
+    oof: Optional[Mapping[str, dict[str, Interval]]] = None,
+) -> list[list[str]]:
+    """One row per setting, in the order given, matching :data:`COLUMNS`; ``oof``: the settings'
+    out-of-fold intervals (:func:`out_of_fold_intervals`)."""
+    oof = oof or {}
     return [
         [
             c.base,
@@ -41,6 +79,8 @@ def table_rows(settings: Sequence[CvSetting], varying: Sequence[str], folds: int
             f"{c.spread:.4f}" if c.spread is not None else "-",
             " ".join(f"{c.values[f]:.3f}" if f in c.values else "-" for f in range(folds)),
             f"{sum(c.test_acc.values()) / len(c.test_acc):.4f}" if c.test_acc else "-",
+            str(oof[c.base]["acc"]) if c.base in oof else "-",
+            str(oof[c.base]["macro_f1"]) if c.base in oof else "-",
         ]
         for c in settings
     ]
@@ -117,7 +157,15 @@ def complete(settings: Sequence[CvSetting], folds: int) -> bool:
     return bool(settings) and all(len(c.values) == folds for c in settings)
 
 
-def summary(settings: Sequence[CvSetting], metric: str) -> dict[str, float]:
-    """The best setting's mean and std (``settings`` sorted best first), for W&B's summary."""
+def summary(
+    settings: Sequence[CvSetting], metric: str, oof: Optional[Mapping[str, dict[str, Interval]]] = None
+) -> dict[str, float]:
+    """The best setting's mean and std (``settings`` sorted best first), and its out-of-fold
+    intervals when known, for W&B's summary."""
     best = settings[0]
-    return {f"cv/{metric}/mean": best.mean, f"cv/{metric}/std": best.std, f"cv/{metric}/spread": best.spread}
+    out = {f"cv/{metric}/mean": best.mean, f"cv/{metric}/std": best.std, f"cv/{metric}/spread": best.spread}
+    for name, interval in (oof or {}).get(best.base, {}).items():
+        out.update(
+            {f"cv/oof/{name}": interval.value, f"cv/oof/{name}/low": interval.low, f"cv/oof/{name}/high": interval.high}
+        )
+    return out

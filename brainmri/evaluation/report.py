@@ -9,6 +9,7 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
+from brainmri.scoring.intervals import Comparison, Interval, intervals_json
 from brainmri.scoring.metrics import reliability_bins, roc_curves
 
 
@@ -38,6 +39,8 @@ class Evaluation:
     leaks: dict[str, str] = field(default_factory=dict)  # test file -> the Training file with its pixels
     leakage_free: Optional[dict[str, Any]] = None  # the metrics without the leaked images, with their "size"
     calibrated: Optional[CalibratedScore] = None
+    intervals: dict[str, Interval] = field(default_factory=dict)  # 95% bootstrap: acc, balanced_acc, macro_f1
+    comparison: Optional[Comparison] = None  # against another model on the same images (``compare=``)
 
     @property
     def size(self) -> int:
@@ -64,6 +67,9 @@ class Evaluation:
                 f"{split}/ece": cal.metrics[f"{split}/ece"],
                 f"{split}/loss": cal.metrics[f"{split}/loss"],
             },
+            # later additions go after the keys earlier versions wrote
+            **({"intervals": intervals_json(self.intervals, split)} if self.intervals else {}),
+            **({"comparison": self.comparison.to_json()} if self.comparison is not None else {}),
         }
 
 

@@ -84,7 +84,8 @@ def show_cv(sweep_dir: Path, manifest: dict, records: list[TrialRecord], environ
         table.add_column(
             column, overflow="fold", justify="left" if column in ("setting", "overrides", "per fold") else "right"
         )
-    rows = cv_report.table_rows(settings, varying, folds)
+    oof = cv_report.out_of_fold_intervals(sweep_dir, settings, folds)
+    rows = cv_report.table_rows(settings, varying, folds, oof)
     for row in rows:
         table.add_row(*row)
     console.print(table)
@@ -102,7 +103,7 @@ def show_cv(sweep_dir: Path, manifest: dict, records: list[TrialRecord], environ
             images,
             cv_report.COLUMNS,
             rows,
-            cv_report.summary(settings, metric),
+            cv_report.summary(settings, metric, oof),
         )
         if upload:
             console.print(f"W&B summary run (offline); upload with: {upload}")

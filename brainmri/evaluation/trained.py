@@ -34,6 +34,7 @@ from brainmri.models import build_model
 from brainmri.records import DatasetInfo
 from brainmri.rundir import RunDir
 from brainmri.scoring.calibration import Calibration, read_calibration
+from brainmri.scoring.intervals import Comparison, bootstrap_intervals, compare
 from brainmri.scoring.metrics import classification_metrics
 from brainmri.scoring.tta import tta_logits
 from brainmri.training.distributed import default_device, resolve_precision
@@ -296,6 +297,7 @@ def evaluate(
     metrics = classification_metrics(logits, targets, trained.class_names, split)
     metrics[f"{split}/loss"] = float(torch.nn.functional.nll_loss(logits, targets)) if len(samples) else float("nan")
     out = Evaluation(split=split, metrics=metrics, probs=probs, targets=targets)
+    out.intervals = bootstrap_intervals(targets.numpy(), probs.argmax(dim=1).numpy(), len(trained.class_names))
     if cal_probs is not None:  # log p / T is exactly the calibrated softmax (TTA averages logits)
         cal_logits = cal_probs.clamp_min(1e-12).log()
         cal = classification_metrics(cal_logits, targets, trained.class_names, split)
@@ -315,6 +317,21 @@ def evaluate(
             out.leakage_free = classification_metrics(logits[keep], targets[keep], trained.class_names, split)
             out.leakage_free["size"] = int(keep.sum())
     return out
+
+
+def compare_on_same_images(
+    result: Evaluation, others: Sequence[TrainedModel], splits: DatasetSplits, tta: str, batch_size: int
+) -> Comparison:
+    """Model A (``result``) against model B (``others``: one run or an ensemble) on exactly the
+    images A was scored on: the paired bootstrap of each difference and McNemar's test."""
+    names = others[0].class_names
+    if names != result.metrics["class_names"]:
+        raise CheckpointError(f"compare=: the models' classes differ ({names} vs {result.metrics['class_names']})")
+    samples = splits.test if result.split == "test" else splits.val
+    probs_b, _ = ensemble_probs(others, splits.root, samples or [], tta, batch_size)
+    return compare(
+        result.targets.numpy(), result.probs.argmax(dim=1).numpy(), probs_b.argmax(dim=1).numpy(), len(names)
+    )
 
 
 def find_images(inputs: Sequence[str]) -> list[Path]:

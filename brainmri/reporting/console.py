@@ -89,6 +89,8 @@ def print_metrics(metrics: dict[str, Any], split: str, title: str) -> None:
                 str(size) if key == "acc" else "",
             )
     console.print(table)
+    if "intervals" in metrics:
+        console.print(interval_line(metrics["intervals"], split))
     cm = Table(title="confusion matrix (rows: true, columns: predicted)")
     cm.add_column("")
     for name in metrics["class_names"]:
@@ -96,6 +98,22 @@ def print_metrics(metrics: dict[str, Any], split: str, title: str) -> None:
     for name, row in zip(metrics["class_names"], metrics["confusion_matrix"]):
         cm.add_row(name, *map(str, row))
     console.print(cm)
+
+
+def interval_line(intervals: dict[str, Any], split: str) -> str:
+    """``accuracy 0.912 [0.884, 0.937], ...`` from a report's ``intervals`` entry
+    (:func:`brainmri.scoring.intervals.intervals_json`)."""
+    names = {"acc": "accuracy", "balanced_acc": "balanced accuracy", "macro_f1": "macro-F1"}
+    parts = [
+        f"{label} {i['value']:.3f} [{i['low']:.3f}, {i['high']:.3f}]"
+        for key, label in names.items()
+        if (i := intervals.get(f"{split}/{key}")) is not None
+    ]
+    spec = intervals.get("bootstrap", {})
+    return (
+        ", ".join(parts) + f" ({spec.get('level', 0.95):.0%} CI, stratified bootstrap, "
+        f"{spec.get('resamples')} resamples, seed {spec.get('seed')})"
+    )
 
 
 def print_results(results: dict[str, Any]) -> None:

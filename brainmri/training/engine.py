@@ -27,6 +27,7 @@ from brainmri.models import check_pretrained_source, count_parameters
 from brainmri.records import EpochRecord, Predictions, RunResults, TrainEpoch
 from brainmri.reporting.reporter import Reporter
 from brainmri.scoring.calibration import calibrated_metrics, fit_temperature
+from brainmri.scoring.intervals import bootstrap_intervals, intervals_json
 from brainmri.scoring.metrics import classification_metrics
 from brainmri.scoring.tta import tta_logits
 from brainmri.training.checkpoint import Checkpointer, TrainState, WeightsLabel
@@ -245,6 +246,9 @@ class Trainer:
             predictions = self.predict(self.training.test_loader, tta)
             metrics = self.score(predictions, "test")
             results.test_size = metrics.pop("size")
+            preds = predictions.logits.argmax(dim=1).cpu().numpy()
+            found = bootstrap_intervals(predictions.targets.cpu().numpy(), preds, len(self.prepared.info.class_names))
+            metrics["intervals"] = intervals_json(found, "test")
             if calibration is not None:
                 metrics.update(calibrated_metrics(predictions, calibration, "test"))
             results.test = metrics

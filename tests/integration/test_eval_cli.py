@@ -255,3 +255,25 @@ def test_audit_cli_writes_json_outside_the_dataset(trained, tmp_path):
     assert proc.returncode == 2 and "never writes into data.root" in proc.stderr and not (root / "reports").exists()
     proc = run_script(python(str(LAUNCH / "audit.py"), "data.root=/nonexistent"))
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_evaluate_reports_intervals_and_compares_two_models_paired(trained, tmp_path):
+    """B is the same run with its epoch-1 weights; A - B is scored on the same test images."""
+    root, out = trained
+    other = tmp_path / "epoch1"
+    shutil.copytree(out, other, ignore=shutil.ignore_patterns("checkpoints", "figures", "eval_*"))
+    shutil.copy(out / "checkpoints" / "epoch_0001" / "model.safetensors", other / "best.safetensors")
+    proc = run_script(python(str(LAUNCH / "evaluate.py"), f"run={out}", f"compare={other}"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "eval_test.json").read_text())
+    acc = report["intervals"]["test/acc"]
+    assert acc["value"] == pytest.approx(report["test/acc"]) and acc["low"] <= acc["value"] <= acc["high"]
+    assert report["intervals"]["bootstrap"]["resamples"] == 2000 and "95% CI" in " ".join(proc.stdout.split())
+    comparison = report["comparison"]
+    assert not (other / "eval_test.json").exists()  # B is only scored, never written into
+    diff = comparison["difference"]["acc"]
+    assert diff["value"] == pytest.approx(comparison["a"]["acc"]["value"] - comparison["b"]["acc"]["value"])
+    assert diff["low"] <= diff["value"] <= diff["high"] and 0 <= comparison["mcnemar"]["p_value"] <= 1
+    assert "McNemar" in proc.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["intervals"]["test/acc"]["value"] == pytest.approx(results["test/acc"])

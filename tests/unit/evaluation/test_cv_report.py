@@ -64,3 +64,19 @@ def test_example_image_is_none_when_the_data_is_not_here(tmp_path):
     (tmp_path / "Training" / "glioma").mkdir(parents=True)
     Image.new("RGB", (50, 40), (10, 20, 30)).save(tmp_path / "Training" / "glioma" / "a.jpg")
     assert cv_report.example_image(str(tmp_path), split, size=32).shape == (32, 32)
+
+
+def test_out_of_fold_intervals_pool_the_folds_and_fill_the_table(tmp_path):
+    from tests.unit.scoring.test_calibration import overconfident, write_cv_sweep
+
+    logits, targets = overconfident(300, 1)
+    sweep = write_cv_sweep(tmp_path / "cv", logits, targets)
+    done, partial = CvSetting("t00", {}, 3, {0: 0.8, 1: 0.8, 2: 0.8}, {}), CvSetting("t01", {}, 3, {0: 0.8}, {})
+    oof = cv_report.out_of_fold_intervals(sweep, [done, partial], 3)
+    assert set(oof) == {"t00"}  # an unfinished setting has no pooled score
+    acc = oof["t00"]["acc"]
+    assert acc.value == pytest.approx(float((logits.argmax(1) == targets).float().mean()))
+    assert acc.low < acc.value < acc.high and acc.high - acc.low < 0.15  # 300 images: about +-5 points
+    rows = cv_report.table_rows([done, partial], [], 3, oof)
+    assert rows[0][-2:] == [str(acc), str(oof["t00"]["macro_f1"])] and rows[1][-2:] == ["-", "-"]
+    assert cv_report.summary([done], "val/acc", oof)["cv/oof/acc/low"] == acc.low

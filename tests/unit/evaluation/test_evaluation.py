@@ -160,3 +160,7 @@ def test_the_evaluation_report_keeps_the_keys_and_order_of_eval_json():
     assert (report["size"], report["train_test_leaks"], report["leaked_files"]) == (2, 1, ["a.jpg"])
     result.calibrated = CalibratedScore([1.5, 2.0], "val", {"test/ece": 0.1, "test/loss": 0.9}, torch.ones(2, 4) / 4)
     assert result.report(["a", "b"], ["none"], Path("/d"))["calibration"]["temperature"] == [1.5, 2.0]  # an ensemble
+    from brainmri.scoring.intervals import bootstrap_intervals
+
+    result.intervals = bootstrap_intervals([0, 1, 1, 0], [0, 1, 0, 0], 4)
+    assert list(result.report("w", "none", Path("/d")))[-1] == "intervals"  # new keys after the old ones
