@@ -5,7 +5,9 @@ leakage), or its labels after a cross-validation sweep (confident learning).
     python launch/audit.py data.root=/data/sartaj --near-threshold 6 --out reports/sartaj
     python launch/audit.py labels runs/sweeps/cnn_lr_cv --out reports/labels   # after sweep.py ... cv=5
 
-``labels``: ranks the Training images whose label is most likely wrong, from the
+``labels``: first states the out-of-fold accuracy (95% CI) against the majority-class rate,
+and refuses when the folds do not beat it (they have not learned: their suspects are noise);
+then ranks the Training images whose label is most likely wrong, from the
 out-of-fold probabilities of the sweep's best setting (or --setting NAME): a table,
 label_issues.csv (file, given, suggested, score; train again with data.exclude=it) and
 label_issues.png (the top suspects with both labels).
@@ -44,56 +46,14 @@ FLAGS = [
 
 def labels(args: shell.Args) -> int:
     """Label issues of a cross-validation sweep's out-of-fold predictions."""
-    import numpy as np
-    from rich.table import Table
-
-    from brainmri.data.samples import resolve_root
-    from brainmri.data.scan import load_image
-    from brainmri.evaluation.labels import rank_label_issues, read_out_of_fold, write_label_issues
-    from brainmri.reporting import figures
+    from brainmri.evaluation.label_audit import show_label_issues
+    from brainmri.evaluation.labels import read_out_of_fold
     from brainmri.reporting.console import console
 
     if len(args.positional) != 2:
         raise BrainMRIError("usage: python launch/audit.py labels SWEEP_DIR [--setting NAME] [--top N] [--out DIR]")
     oof = read_out_of_fold(Path(args.positional[1]), args["--setting"])
-    names, out = oof.class_names, args["--out"]
-    issues = rank_label_issues(oof.files, oof.labels, oof.probs)
-    counts = np.bincount(oof.labels, minlength=len(names))
-    flagged = np.bincount([i.given for i in issues], minlength=len(names))
-    summary = Table(
-        title=f"{len(issues)} label issue(s) among {len(oof.files)} Training images (setting {oof.setting})"
-    )
-    for column in ("given label", "images", "flagged", "share"):
-        summary.add_column(column, justify="left" if column == "given label" else "right")
-    for k, name in enumerate(names):
-        summary.add_row(name, str(counts[k]), str(flagged[k]), f"{flagged[k] / max(counts[k], 1):.1%}")
-    console.print(summary)
-    top = Table(title=f"the {min(args['--top'], len(issues))} most suspect (lowest probability of the given label)")
-    for column in ("file", "given", "suggested", "p(given)", "p(suggested)"):
-        top.add_column(column, overflow="fold")
-    for issue in issues[: args["--top"]]:
-        top.add_row(
-            issue.file,
-            names[issue.given],
-            names[issue.suggested],
-            f"{issue.self_confidence:.3f}",
-            f"{issue.suggested_prob:.3f}",
-        )
-    console.print(top)
-    out.mkdir(parents=True, exist_ok=True)
-    write_label_issues(out / "label_issues.csv", issues, names)
-    written = [out / "label_issues.csv"]
-    if issues:
-        root = resolve_root(oof.data_root)
-        shown = issues[: args["--top"]]
-        images = [np.asarray(load_image(root / i.file, 1).resize((160, 160))) for i in shown]
-        captions = [
-            f"{names[i.given]} → {names[i.suggested]} ({i.suggested_prob:.0%})\n{Path(i.file).name[:28]}" for i in shown
-        ]
-        figures.save_figure(
-            figures.label_issue_grid(images, captions, "label suspects: given → suggested"), out / "label_issues.png"
-        )
-        written.append(out / "label_issues.png")
+    written = show_label_issues(oof, args["--top"], args["--out"])
     console.print(f"wrote {', '.join(map(str, written))}")
     return 0
 

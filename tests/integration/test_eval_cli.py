@@ -277,3 +277,19 @@ def test_evaluate_reports_intervals_and_compares_two_models_paired(trained, tmp_
     assert "McNemar" in proc.stdout
     results = json.loads((out / "results.json").read_text())
     assert results["intervals"]["test/acc"]["value"] == pytest.approx(results["test/acc"])
+
+
+def test_audit_labels_refuses_folds_at_chance_in_one_line(tmp_path):
+    import torch
+
+    from tests.unit.scoring.test_calibration import write_cv_sweep
+
+    targets = torch.arange(80) % 4
+    logits = torch.zeros(80, 4)
+    logits[:, 0] = 5.0  # every image predicted glioma
+    sweep = write_cv_sweep(tmp_path / "cv", logits, targets)
+    proc = run_script(python(str(LAUNCH / "audit.py"), "labels", str(sweep), f"--out={tmp_path / 'labels'}"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "the folds have not learned: out-of-fold accuracy 0.250" in proc.stderr
+    assert "out-of-fold accuracy 0.250" in proc.stdout.splitlines()[0]  # stated first
+    assert not (tmp_path / "labels" / "label_issues.csv").exists()
