@@ -71,6 +71,35 @@ class DatasetInfo:
         return cls(**{k: data[k] for k in cls._ORDER if k in data})
 
 
+@dataclass(frozen=True)
+class InferenceSpec:
+    """Everything predicting needs besides the tensors, so a weights file (or an ONNX model)
+    stands alone: the classes in output order, how to turn a slice into the input tensor
+    (size, channels, normalization), which network with which arguments, the test-time
+    augmentation the run scored with, and the temperature with where it was fitted
+    (None: the model is uncalibrated). ``best.safetensors`` carries it as the JSON of its
+    ``inference`` metadata entry."""
+
+    class_names: list[str]
+    image_size: int
+    channels: int
+    mean: list[float]
+    std: list[float]
+    model: str
+    model_args: dict[str, Any]
+    tta: str
+    temperature: Optional[float] = None
+    temperature_fitted_on: Optional[str] = None  # val | cv (then temperature_source names the sweep)
+    temperature_source: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in self.__dataclass_fields__}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "InferenceSpec":
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
 # JSON key of each EpochRecord field, in the order metrics.jsonl has always written them.
 _EPOCH_KEYS = {
     "epoch": "epoch",

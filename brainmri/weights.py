@@ -6,17 +6,25 @@ brainmri that reads weights (resume, evaluate, predict, ``model.pretrained_file`
 through this module: safetensors files are read as plain tensors, anything else through
 ``torch.load(weights_only=True)``, whose unpickler refuses every callable outside a short
 allow-list (tensors, containers, numbers, numpy arrays for RNG states).
+
+It also owns what a ``.safetensors`` file carries besides tensors (its metadata): the
+run's config and dataset description, and the :class:`~brainmri.records.InferenceSpec` with
+the temperature, so that a weights file alone predicts exactly as its run directory does.
 """
 
 from __future__ import annotations
 
+import json
 import pickle
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
+from brainmri.config import Config
 from brainmri.errors import CheckpointError
+from brainmri.records import DatasetInfo, InferenceSpec
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt")
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
@@ -91,3 +99,55 @@ def verify_checkpoint_folder(folder: Path) -> None:
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.suffix in PICKLE_SUFFIXES:
             safe_torch_load(path)
+
+
+INFERENCE_KEY = "inference"  # the InferenceSpec's JSON
+CALIBRATION_KEY = "calibration"  # the fitted temperature's record (calibration.json's content)
+
+
+def inference_spec(cfg: Config, info: DatasetInfo) -> InferenceSpec:
+    """The spec of a model trained with ``cfg`` on data measured as ``info`` (not yet calibrated)."""
+    model_args = {k: v for k, v in asdict(cfg.model).items() if k not in ("name", "pretrained", "pretrained_file")}
+    return InferenceSpec(
+        class_names=list(info.class_names),
+        image_size=cfg.data.image_size,
+        channels=cfg.data.channels,
+        mean=list(info.mean),
+        std=list(info.std),
+        model=cfg.model.name,
+        model_args={**model_args, "in_chans": cfg.in_chans},
+        tta=cfg.train.tta,
+    )
+
+
+def read_spec(metadata: dict[str, str]) -> Optional[InferenceSpec]:
+    """The spec in a weights file's metadata; None for files written before it existed."""
+    return InferenceSpec.from_json(json.loads(metadata[INFERENCE_KEY])) if INFERENCE_KEY in metadata else None
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The string metadata of a ``.safetensors`` file (empty for other formats)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # a truncated or foreign file: one line is enough
+        raise CheckpointError(f"cannot read {path} as safetensors: {str(e).splitlines()[0]}") from None
+
+
+def update_metadata(path: Path, entries: dict[str, str]) -> None:
+    """Add or replace metadata entries of a ``.safetensors`` file, tensors untouched: written
+    beside it, then renamed over it (a reader sees the old file or the whole new one)."""
+    from safetensors.torch import load_file, save_file
+
+    from brainmri.rundir import atomic_replace
+
+    path = Path(path)
+    metadata = {**read_metadata(path), **entries}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(load_file(str(path), device="cpu"), str(tmp), metadata=metadata)
+    atomic_replace(tmp, path)

@@ -72,8 +72,11 @@ def command(args: shell.Args) -> int:
             f"[bold]{free[f'{split}/acc']:.3f}[/bold] on the {free['size']} that do not duplicate a Training image"
         )
     cal = result.calibrated
+    if cal is None and not ensemble:
+        console.print(f"calibration: {trained.temperature_note()}")
     if cal is not None:
         note = " (fitted on this split: optimistic)" if cal.fitted_on == split else ""
+        note += "" if ensemble else f" (read from {trained.calibration_origin})"
         source = "the CV folds' out-of-fold predictions" if cal.fitted_on == "cv" else f"the {cal.fitted_on} split"
         temperature = (
             f"{cal.temperatures[0]:.3f}"
@@ -95,7 +98,7 @@ def command(args: shell.Args) -> int:
         )
     weights = str(trained.weights) if not ensemble else [str(t.weights) for t in models]
     report = result.report(weights, tta[0] if len(tta) == 1 else tta, splits.root)
-    folder = report_folder(cfg.run, trained) if ensemble else trained.run("writing the report").path
+    folder = report_folder(cfg.run, trained) if ensemble else (trained.run_dir or trained.weights.parent)
     stem = f"eval_{split}_ensemble" if ensemble else f"eval_{split}"
     out = folder / f"{stem}.json"
     atomic_write_json(out, report)

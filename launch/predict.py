@@ -52,6 +52,7 @@ def command(args: shell.Args) -> int:
     csv_path = out / "predictions.csv"
     write_csv(csv_path, rows, trained.class_names)
     calibrated = f", calibrated at temperature {trained.calibration.temperature:.2f}" if trained.calibration else ""
+    console.print(f"calibration: {trained.temperature_note()}" if len(models) == 1 else "")
     many = len(models) > 1
     what = (
         f"the ensemble of {len(models)} runs" if many else f"{trained.cfg.model.name} ({trained.weights}{calibrated})"

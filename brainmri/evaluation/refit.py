@@ -13,7 +13,12 @@ from brainmri.config import Config, config_from_yaml, flat_dict
 from brainmri.errors import BrainMRIError
 from brainmri.evaluation.labels import read_out_of_fold
 from brainmri.rundir import RunDir
-from brainmri.scoring.calibration import Calibration, fit_temperature_to_probabilities, write_calibration
+from brainmri.scoring.calibration import (
+    Calibration,
+    fit_temperature_to_probabilities,
+    stamp_weights,
+    write_calibration,
+)
 
 # The settings that shape a model's confidence: a temperature carries over only between runs that share them.
 CONFIDENCE_KEYS = (
@@ -67,4 +72,5 @@ def calibrate_refit(run_dir: Path, sweep_dir: Path, setting: Optional[str] = Non
         oof.probs, oof.labels, "cv", f"{sweep_dir} ({oof.setting}, {len(oof.runs)} folds)"
     )
     write_calibration(run.calibration, calibration)
+    stamp_weights(run.best_weights, calibration)  # the weights file alone then predicts calibrated too
     return calibration

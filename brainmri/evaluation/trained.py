@@ -24,7 +24,15 @@ from brainmri import config as config_lib
 from brainmri.config import Config
 from brainmri.data.dataset import ImageDataset
 from brainmri.data.loaders import auto_workers
-from brainmri.data.samples import CLASS_NAMES, IMAGE_EXTENSIONS, DatasetSplits, Sample, find_split_dir, resolve_root
+from brainmri.data.samples import (
+    CLASS_NAMES,
+    IMAGE_EXTENSIONS,
+    DatasetSplits,
+    Sample,
+    find_split_dir,
+    list_images,
+    resolve_root,
+)
 from brainmri.data.scan import train_test_leaks, verify_image, verify_images
 from brainmri.data.splits import read_split
 from brainmri.data.transforms import build_eval_transform
@@ -33,12 +41,12 @@ from brainmri.evaluation.report import CalibratedScore, Evaluation
 from brainmri.models import build_model
 from brainmri.records import DatasetInfo
 from brainmri.rundir import RunDir
-from brainmri.scoring.calibration import Calibration, read_calibration
+from brainmri.scoring.calibration import Calibration, calibration_from_metadata, read_calibration
 from brainmri.scoring.intervals import Comparison, bootstrap_intervals, compare
 from brainmri.scoring.metrics import classification_metrics
 from brainmri.scoring.tta import tta_logits
 from brainmri.training.distributed import default_device, resolve_precision
-from brainmri.weights import load_state_dict_file
+from brainmri.weights import load_state_dict_file, read_metadata
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +63,8 @@ class TrainedModel:
     run_dir: Optional[Path]  # None when only a weights file was given
     precision: str = "no"  # autocast as in training, so evaluation reproduces results.json
     class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
-    calibration: Optional[Calibration] = None  # the run's temperature (calibration.json); None: uncalibrated
+    calibration: Optional[Calibration] = None  # the run's temperature; None: uncalibrated
+    calibration_origin: str = ""  # the file the temperature was read from (calibration.json or the weights)
 
     @property
     def image_size(self) -> int:
@@ -64,6 +73,14 @@ class TrainedModel:
     @property
     def channels(self) -> int:
         return self.cfg.data.channels
+
+    def temperature_note(self) -> str:
+        """Which temperature predictions apply, in words (printed by evaluate.py and predict.py)."""
+        cal = self.calibration
+        if cal is None:
+            return f"uncalibrated: {self.weights.name} carries no temperature and no calibration.json is beside it"
+        fitted = "the CV folds' out-of-fold predictions" if cal.fitted_on == "cv" else f"the {cal.fitted_on} split"
+        return f"temperature {cal.temperature:.3f} (fitted on {fitted}; read from {self.calibration_origin})"
 
     def transform(self):
         return build_eval_transform(self.image_size, self.mean, self.std)
@@ -80,18 +97,6 @@ def _weights_in_run(run: Path) -> Path:
     if not best.is_file():
         raise CheckpointError(f"{run} has no {best.name}: the run has not finished an epoch")
     return best
-
-
-def _metadata(path: Path) -> dict:
-    if path.suffix != ".safetensors":
-        return {}
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            return dict(f.metadata() or {})
-    except Exception as e:
-        raise CheckpointError(f"cannot read {path} as safetensors: {str(e).splitlines()[0]}") from None
 
 
 def locate(run: Optional[str], checkpoint: Optional[str]) -> tuple[Optional[Path], Path]:
@@ -159,7 +164,7 @@ def load_trained(
 ) -> TrainedModel:
     """The trained model of a run (or of a weights file that carries its config), in eval mode."""
     run_dir, weights = locate(run, checkpoint)
-    meta = _metadata(weights)
+    meta = read_metadata(weights)
     run_files = RunDir(run_dir) if run_dir is not None else None
     if run_files is not None and run_files.config.is_file():
         cfg = config_lib.config_from_yaml(run_files.config)
@@ -184,10 +189,21 @@ def load_trained(
     device = device or default_device()
     model.to(device).eval()
     precision = resolve_precision(cfg.train.mixed_precision, device)
-    calibration = read_calibration(run_files.calibration) if run_files is not None else None
-    return TrainedModel(
-        model, cfg, list(stats.mean), list(stats.std), weights, run_dir, precision, calibration=calibration
-    )
+    calibration, origin = run_calibration(run_files, meta, weights)
+    trained = TrainedModel(model, cfg, list(stats.mean), list(stats.std), weights, run_dir, precision)
+    trained.class_names, trained.calibration, trained.calibration_origin = list(stats.class_names), calibration, origin
+    return trained
+
+
+def run_calibration(run: Optional[RunDir], meta: dict[str, str], weights: Path) -> tuple[Optional[Calibration], str]:
+    """The temperature to apply and where it was read: the run's ``calibration.json`` (which
+    ``calibrate.py`` may have rewritten) or else the one the weights file carries."""
+    if run is not None and run.calibration.is_file():
+        return read_calibration(run.calibration), str(run.calibration)
+    carried = calibration_from_metadata(meta)
+    if carried is not None:
+        return carried, f"{weights.name}'s metadata"
+    return None, ""
 
 
 def resolve_tta(trained: TrainedModel, tta: str) -> str:
@@ -231,9 +247,15 @@ def predict_samples(
 
 
 def split_samples(trained: TrainedModel, data_root: Optional[str], split: str) -> DatasetSplits:
-    """The run's own split (``split.csv``), read against ``data_root`` or the run's data.root."""
-    run = trained.run("evaluating a split")
+    """The run's own split (``split.csv``), read against ``data_root`` or the run's data.root.
+
+    A bare weights file has no ``split.csv``: its test split is the dataset's whole Testing/
+    folder (the run's test split, unless it trained with ``data.dedup=train_test``), with the
+    Training/ images listed for the leakage check; its validation split is unknown."""
     root = resolve_root(data_root or trained.cfg.data.root)
+    if trained.run_dir is None or not RunDir(trained.run_dir).split.is_file():
+        return bare_splits(trained, root, split)
+    run = trained.run("evaluating a split")
     has_test = find_split_dir(root, "test") is not None
     splits = read_split(run.split, root, has_test)
     if split == "test" and not splits.test:
@@ -241,6 +263,17 @@ def split_samples(trained: TrainedModel, data_root: Optional[str], split: str) -
     if split == "val" and not splits.val:
         raise DatasetError(f"{run.path} has no validation split: it trained on all of Training (data.val_fraction=0)")
     return splits
+
+
+def bare_splits(trained: TrainedModel, root: Path, split: str) -> DatasetSplits:
+    """The test split of a weights file without its run directory (see :func:`split_samples`)."""
+    if split != "test":
+        raise CheckpointError(f"split={split} of {trained.weights.name} needs its run directory (split.csv): give run=")
+    test_dir, train_dir = find_split_dir(root, "test"), find_split_dir(root, "train")
+    if test_dir is None:
+        raise DatasetError(f"no Testing/ folder in {root} to evaluate {trained.weights.name} on")
+    train = list_images(train_dir, root) if train_dir is not None else []
+    return DatasetSplits(root, train, [], list_images(test_dir, root), {})
 
 
 def recorded_leaks(trained: TrainedModel, samples: Sequence[Sample]) -> Optional[dict[str, str]]:

@@ -4,8 +4,8 @@ A network trained to a low loss on a small dataset is over-confident: its top pr
 higher than its accuracy. Dividing the logits by a temperature T > 1, fitted on the
 validation split by minimizing the negative log-likelihood, fixes most of that without
 changing a single prediction (argmax is unchanged). The temperature is fitted after
-training on the best weights and stored beside them (``calibration.json``);
-``evaluate.py`` and ``predict.py`` apply it.
+training on the best weights and stored beside them (``calibration.json``) and inside them
+(the weights file's metadata); ``evaluate.py`` and ``predict.py`` apply it.
 
 A refit on all of Training (``data.val_fraction=0``) has no held-out images. Its temperature
 comes from the same recipe's cross-validation instead (:mod:`brainmri.evaluation.refit`).
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from brainmri.records import Predictions
 from brainmri.rundir import atomic_write_json
+from brainmri.weights import CALIBRATION_KEY, INFERENCE_KEY, read_metadata, read_spec, update_metadata
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,28 @@ def calibrated_metrics(predictions: Predictions, calibration: Calibration, split
 
 def write_calibration(path: Path, calibration: Calibration) -> None:
     atomic_write_json(path, asdict(calibration))
+
+
+def stamp_weights(weights: Path, calibration: Calibration) -> None:
+    """Carry the temperature inside the weights file too (its ``calibration`` metadata, and the
+    spec's temperature), so the file predicts calibrated without ``calibration.json`` beside it."""
+    metadata = read_metadata(weights)
+    entries = {CALIBRATION_KEY: json.dumps(asdict(calibration))}
+    spec = read_spec(metadata)
+    if spec is not None:
+        stamped = replace(
+            spec,
+            temperature=calibration.temperature,
+            temperature_fitted_on=calibration.fitted_on,
+            temperature_source=calibration.source,
+        )
+        entries[INFERENCE_KEY] = json.dumps(stamped.to_json())
+    update_metadata(weights, entries)
+
+
+def calibration_from_metadata(metadata: dict[str, str]) -> Optional[Calibration]:
+    """The temperature a weights file carries; None when it has none (uncalibrated or older)."""
+    return Calibration(**json.loads(metadata[CALIBRATION_KEY])) if CALIBRATION_KEY in metadata else None
 
 
 def read_calibration(path: Path) -> Optional[Calibration]:

@@ -25,11 +25,11 @@ from torch import nn
 
 from brainmri.data.samples import Sample
 from brainmri.errors import CheckpointError
-from brainmri.records import DatasetInfo, EpochRecord, Predictions, RunResults, is_better
+from brainmri.records import DatasetInfo, EpochRecord, InferenceSpec, Predictions, RunResults, is_better
 from brainmri.rundir import RunDir, atomic_replace, atomic_write_json, atomic_write_text, write_jsonl
-from brainmri.scoring.calibration import Calibration, write_calibration
+from brainmri.scoring.calibration import Calibration, stamp_weights, write_calibration
 from brainmri.training.distributed import plain_model
-from brainmri.weights import verify_checkpoint_folder, without_compile_prefix
+from brainmri.weights import INFERENCE_KEY, verify_checkpoint_folder, without_compile_prefix
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ class WeightsLabel:
     model: str
     config_yaml: str
     info: DatasetInfo
+    spec: Optional[InferenceSpec] = None  # what predicting needs (the temperature is added after the test phase)
 
 
 class Checkpointer:
@@ -164,6 +165,8 @@ class Checkpointer:
             "dataset": json.dumps(self.label.info.to_json()),
             "config": self.label.config_yaml,
         }
+        if self.label.spec is not None:
+            metadata[INFERENCE_KEY] = json.dumps(self.label.spec.to_json())
         save_file(tensors, str(tmp), metadata=metadata)
         atomic_replace(tmp, self.run.best_weights)
 
@@ -187,6 +190,7 @@ class Checkpointer:
             writer.writerow([sample.path, class_names[sample.label], *[f"{p:.6f}" for p in row]])
         atomic_write_text(self.run.val_predictions, text.getvalue())
         write_calibration(self.run.calibration, calibration)
+        stamp_weights(self.run.best_weights, calibration)
 
     def load_best(self, model: nn.Module) -> None:
         self.accelerator.wait_for_everyone()

@@ -46,6 +46,7 @@ from brainmri.training.heartbeat import Heartbeat, describe_loss, find_quiet_ran
 from brainmri.training.optim import fast_forward
 from brainmri.training.preparation import PreparedRun, prepare_run
 from brainmri.training.step import Training, build_training
+from brainmri.weights import inference_spec
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,9 @@ class Trainer:
         self.training: Training = build_training(cfg, acc, self.prepared.splits, self.prepared.info, prep)
         rolling = cfg.train.checkpoint_minutes > 0
         self.stop = StopSignal(acc, self.stop_event, cfg.train.collective_timeout, rolling=rolling)
-        label = WeightsLabel(cfg.train.select_metric, cfg.model.name, config_lib.to_yaml(cfg), self.prepared.info)
+        info = self.prepared.info
+        spec = inference_spec(cfg, info)
+        label = WeightsLabel(cfg.train.select_metric, cfg.model.name, config_lib.to_yaml(cfg), info, spec)
         self.checkpointer = Checkpointer(acc, self.prepared.run, label, cfg.train.keep_checkpoints)
         resumed = self.prepared.mode == "resume" and self.checkpointer.resume(self.state)
         if resumed:

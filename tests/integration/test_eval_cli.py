@@ -293,3 +293,31 @@ def test_audit_labels_refuses_folds_at_chance_in_one_line(tmp_path):
     assert "the folds have not learned: out-of-fold accuracy 0.250" in proc.stderr
     assert "out-of-fold accuracy 0.250" in proc.stdout.splitlines()[0]  # stated first
     assert not (tmp_path / "labels" / "label_issues.csv").exists()
+
+
+def test_a_bare_weights_file_predicts_and_evaluates_as_its_run_directory(trained, tmp_path):
+    """Only best.safetensors, copied away from its run: the same calibrated CSV and test scores."""
+    root, out = trained
+    bare = tmp_path / "alone" / "best.safetensors"
+    bare.parent.mkdir()
+    shutil.copy(out / "best.safetensors", bare)
+    temperature = json.loads((out / "calibration.json").read_text())["temperature"]
+    csvs = []
+    for source in (f"run={out}", f"checkpoint={bare}"):
+        pred = tmp_path / source.split("=")[0]
+        proc = run_script(python(str(LAUNCH / "predict.py"), source, str(root / "Testing"), f"--out={pred}"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"temperature {temperature:.3f} (fitted on the val split" in " ".join(proc.stdout.split())
+        csvs.append((pred / "predictions.csv").read_text())
+    assert csvs[0] == csvs[1]
+    proc = run_script(python(str(LAUNCH / "evaluate.py"), f"checkpoint={bare}", f"data.root={root}"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "best.safetensors's metadata" in " ".join(proc.stdout.split())
+    alone = json.loads((bare.parent / "eval_test.json").read_text())
+    proc = run_script(python(str(LAUNCH / "evaluate.py"), f"run={out}"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with_run = json.loads((out / "eval_test.json").read_text())
+    assert alone["calibration"] == pytest.approx(with_run["calibration"])
+    assert (
+        alone["confusion_matrix"] == with_run["confusion_matrix"] and alone["leaked_files"] == with_run["leaked_files"]
+    )

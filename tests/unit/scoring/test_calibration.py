@@ -87,7 +87,9 @@ def test_confidence_differences_ignore_the_split_and_name_the_rest():
 def write_run(folder: Path, settings: list[str]) -> Path:
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(to_yaml(load_config(["recipe=demo", *settings], RECIPES)))
-    (folder / "best.safetensors").write_bytes(b"")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(folder / "best.safetensors"), metadata={"epoch": "1"})
     return folder
 
 
@@ -125,6 +127,10 @@ def test_a_refit_takes_the_temperature_of_its_folds_out_of_fold_predictions(tmp_
     assert cal.temperature == pytest.approx(fit_temperature(logits, targets).temperature, rel=0.02)
     assert (cal.fitted_on, cal.size) == ("cv", 900) and "t00, 3 folds" in cal.source
     assert read_calibration(refit / "calibration.json") == cal  # what evaluate.py and predict.py apply
+    from brainmri.scoring.calibration import calibration_from_metadata
+    from brainmri.weights import read_metadata
+
+    assert calibration_from_metadata(read_metadata(refit / "best.safetensors")) == cal  # and the weights carry it
 
 
 def test_calibrate_refit_refuses_what_would_give_a_wrong_temperature(tmp_path):
