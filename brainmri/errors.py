@@ -1,4 +1,4 @@
-"""Errors that users cause and can fix: bad config, bad data, bad run directory.
+"""Errors that users cause and can fix: bad config, bad data, bad run directory, a missing extra.
 
 Entry scripts print these as one line (no traceback) and exit with code 2; anything
 else is a bug and keeps its traceback.
@@ -23,3 +23,17 @@ class RunDirError(BrainMRIError):
 
 class CheckpointError(BrainMRIError):
     """A checkpoint or weights file is missing, incomplete or unsafe to load."""
+
+
+class MissingExtra(BrainMRIError):
+    """An optional dependency (DICOM, NIfTI, ONNX) is not installed."""
+
+
+def require(module: str, extra: str, purpose: str):
+    """Import an optional dependency, or one line naming the extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtra(f'{purpose} needs {module.split(".")[0]}: pip install "brainmri[{extra}]"') from None

@@ -4,6 +4,7 @@
     python launch/predict.py run=RUN_DIR scans/ --cam --out predictions/patient7
     python launch/predict.py checkpoint=best.safetensors scan.jpg tta=hflip
     python launch/predict.py run=runs/sweeps/demo_cv scans/       # the ensemble of a sweep's finished runs
+    python launch/predict.py checkpoint=model.onnx scans/          # an exported model (pip install "brainmri[onnx]")
 
 Writes OUT/predictions.csv (file, predicted class, confidence, one probability per class;
 calibrated by the run's temperature when it has one)
@@ -27,9 +28,8 @@ FLAGS = [shell.Flag("--cam"), shell.Flag("--out", "DIR", Path, Path("predictions
 
 def command(args: shell.Args) -> int:
     from brainmri import config as config_lib
-    from brainmri.evaluation.predict import predict_images, show_table, write_csv
-    from brainmri.evaluation.trained import find_images, load_models
-    from brainmri.reporting import cam as cam_lib
+    from brainmri.evaluation.predict import check_cam, describe, load_predictors, predict_images, show_table, write_csv
+    from brainmri.evaluation.trained import find_images
     from brainmri.reporting.console import console
 
     if not args.positional:
@@ -39,25 +39,18 @@ def command(args: shell.Args) -> int:
         )
     cfg = config_lib.load_config(args.settings, RECIPES, schema=config_lib.EvalConfig)
     paths = find_images(args.positional)  # every image is checked before the model is even loaded
-    models = load_models(cfg.run, cfg.checkpoint)
-    trained = models[0]
+    models = load_predictors(cfg.run, cfg.checkpoint)
     want_cam, out = args["--cam"], args["--out"]
-    if want_cam and len(models) > 1:
-        raise BrainMRIError("--cam shows one model's attention; give one run (not an ensemble of several)")
-    if want_cam and cam_lib.target_layer(trained.model) is None:
-        raise BrainMRIError(f"--cam needs a convolutional model; {trained.cfg.model.name} has none")
+    if want_cam:
+        check_cam(models)
     out.mkdir(parents=True, exist_ok=True)
     cam_dir = out / "cam"
     rows = predict_images(models, paths, cfg.batch_size, cfg.tta, cam_dir if want_cam else None)
     csv_path = out / "predictions.csv"
-    write_csv(csv_path, rows, trained.class_names)
-    calibrated = f", calibrated at temperature {trained.calibration.temperature:.2f}" if trained.calibration else ""
-    console.print(f"calibration: {trained.temperature_note()}" if len(models) == 1 else "")
-    many = len(models) > 1
-    what = (
-        f"the ensemble of {len(models)} runs" if many else f"{trained.cfg.model.name} ({trained.weights}{calibrated})"
-    )
-    show_table(rows, trained.class_names, f"{len(rows)} image(s), {what}")
+    write_csv(csv_path, rows, models[0].class_names)
+    if len(models) == 1:
+        console.print(f"calibration: {models[0].temperature_note()}")
+    show_table(rows, models[0].class_names, f"{len(rows)} image(s), {describe(models)}")
     console.print(f"wrote {csv_path}" + (f" and {len(rows)} Grad-CAM overlay(s) in {cam_dir}" if want_cam else ""))
     return 0
 

@@ -67,6 +67,14 @@ class TrainedModel:
     calibration_origin: str = ""  # the file the temperature was read from (calibration.json or the weights)
 
     @property
+    def name(self) -> str:
+        return self.cfg.model.name
+
+    @property
+    def temperature(self) -> Optional[float]:
+        return self.calibration.temperature if self.calibration is not None else None
+
+    @property
     def image_size(self) -> int:
         return self.cfg.data.image_size
 

@@ -22,7 +22,10 @@ def trained(tmp_path_factory):
     root = make_dataset(tmp / "data", train_per_class=6, test_per_class=3, size=48)
     shutil.copy(root / "Training/glioma_tumor/image (0).jpg", root / "Testing/glioma_tumor/leak.jpg")
     out = tmp / "run"
-    proc = run_script(python(str(LAUNCH / "train.py"), *fast_overrides(root, out, epochs=2)))
+    # fp32 (not the CPU's bf16 autocast): the PyTorch predictions the ONNX export must reproduce digit for digit
+    proc = run_script(
+        python(str(LAUNCH / "train.py"), *fast_overrides(root, out, epochs=2), "train.mixed_precision=no")
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root, out
 
@@ -321,3 +324,67 @@ def test_a_bare_weights_file_predicts_and_evaluates_as_its_run_directory(trained
     assert (
         alone["confusion_matrix"] == with_run["confusion_matrix"] and alone["leaked_files"] == with_run["leaked_files"]
     )
+
+
+def test_export_onnx_passes_its_parity_check_and_predict_gives_the_same_csv(trained, tmp_path):
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    root, out = trained
+    model = tmp_path / "model.onnx"
+    proc = run_script(python(str(LAUNCH / "export.py"), f"run={out}", f"--out={model}"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (
+        "parity on 13 test images" in " ".join(proc.stdout.split()) and "the same class for every image" in proc.stdout
+    )
+    props = {p.key: p.value for p in onnx.load(str(model)).metadata_props}
+    dataset = json.loads((out / "dataset.json").read_text())
+    temperature = json.loads((out / "calibration.json").read_text())["temperature"]
+    assert props["class_names"] == "glioma,meningioma,notumor,pituitary" and props["image_size"] == "64"
+    assert props["channels"] == str(dataset["channels"]) and float(props["temperature"]) == pytest.approx(temperature)
+    assert [float(m) for m in props["mean"].split(",")] == pytest.approx(dataset["mean"], rel=1e-5)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    for n in (1, 5):  # dynamic batch
+        probs = session.run(["probabilities"], {"image": np.zeros((n, dataset["channels"], 64, 64), np.float32)})[0]
+        assert probs.shape == (n, 4) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    csvs = []
+    for source in (f"run={out}", f"checkpoint={model}"):
+        pred = tmp_path / source.split("=")[0]
+        proc = run_script(python(str(LAUNCH / "predict.py"), source, str(root / "Testing"), f"--out={pred}"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        csvs.append((pred / "predictions.csv").read_text())
+    assert csvs[0] == csvs[1] and "applied inside model.onnx" in " ".join(proc.stdout.split())
+    proc = run_script(python(str(LAUNCH / "predict.py"), f"checkpoint={model}", str(root / "Testing"), "--cam"))
+    assert proc.returncode == 2 and "--cam needs the PyTorch weights" in proc.stderr
+
+
+def test_a_perturbed_onnx_model_fails_the_parity_check_and_is_never_written(trained, tmp_path, monkeypatch):
+    import numpy as np
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    from brainmri.errors import CheckpointError
+    from brainmri.evaluation import export
+    from brainmri.evaluation.trained import load_trained
+
+    root, out = trained
+    trained_model = load_trained(str(out), None, torch.device("cpu"))
+    images = export.sample_images(trained_model, sorted((root / "Testing").rglob("*.jpg")))
+    good = export.export_onnx(trained_model, tmp_path / "good.onnx", images)
+    assert good.parity.passed and good.parity.max_abs_diff < 1e-4 and good.parity.images == 13
+    model = onnx.load(str(good.path))
+    weight = max(model.graph.initializer, key=lambda t: numpy_helper.to_array(t).size)
+    array = numpy_helper.to_array(weight).copy()
+    array += np.random.default_rng(0).normal(0, 0.5, array.shape).astype(array.dtype)
+    weight.CopyFrom(numpy_helper.from_array(array, weight.name))
+    onnx.save(model, str(tmp_path / "perturbed.onnx"))
+    reference = export.Exported(trained_model.model, "none", trained_model.calibration.temperature)
+    parity = export.check_parity(tmp_path / "perturbed.onnx", reference, images)
+    assert not parity.passed and parity.max_abs_diff > 1e-4
+    assert "refusing to write" in export.refusal(tmp_path / "x.onnx", parity)
+    monkeypatch.setattr(export, "PARITY_TOLERANCE", -1.0)  # no model can pass: the export must refuse
+    with pytest.raises(CheckpointError, match=r"refusing to write .*bad.onnx: ONNX Runtime does not reproduce"):
+        export.export_onnx(trained_model, tmp_path / "bad.onnx", images)
+    assert not list(tmp_path.glob("*bad.onnx*"))
