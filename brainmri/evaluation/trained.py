@@ -26,14 +26,13 @@ from brainmri.data.dataset import ImageDataset
 from brainmri.data.loaders import auto_workers
 from brainmri.data.samples import (
     CLASS_NAMES,
-    IMAGE_EXTENSIONS,
     DatasetSplits,
     Sample,
     find_split_dir,
     list_images,
     resolve_root,
 )
-from brainmri.data.scan import train_test_leaks, verify_image, verify_images
+from brainmri.data.scan import train_test_leaks, verify_images
 from brainmri.data.splits import read_split
 from brainmri.data.transforms import build_eval_transform
 from brainmri.errors import CheckpointError, DatasetError
@@ -373,29 +372,3 @@ def compare_on_same_images(
     return compare(
         result.targets.numpy(), result.probs.argmax(dim=1).numpy(), probs_b.argmax(dim=1).numpy(), len(names)
     )
-
-
-def find_images(inputs: Sequence[str]) -> list[Path]:
-    """Image files named directly or found (recursively) in the folders named; sorted per folder."""
-    found: list[Path] = []
-    for item in inputs:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            found.extend(
-                sorted(
-                    p
-                    for p in path.rglob("*")
-                    if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-                )
-            )
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise DatasetError(f"no such image or folder: {path}")
-    if not found:
-        raise DatasetError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {', '.join(inputs)}")
-    bad = {str(p): r for p in found for r, _, _ in [verify_image(p)] if r is not None}
-    if bad:
-        first = next(iter(bad))
-        raise DatasetError(f"{len(bad)} unreadable image(s), e.g. {first}: {bad[first]}")
-    return found

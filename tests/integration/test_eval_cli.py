@@ -388,3 +388,40 @@ def test_a_perturbed_onnx_model_fails_the_parity_check_and_is_never_written(trai
     with pytest.raises(CheckpointError, match=r"refusing to write .*bad.onnx: ONNX Runtime does not reproduce"):
         export.export_onnx(trained_model, tmp_path / "bad.onnx", images)
     assert not list(tmp_path.glob("*bad.onnx*"))
+
+
+def test_predict_reads_a_dicom_series_and_a_nifti_volume(trained, tmp_path):
+    """One row per slice, in instance order for the series; volumes.csv summarizes each volume."""
+    import nibabel as nib
+    import numpy as np
+    from PIL import Image
+
+    from tests.unit.data.test_scanner import write_dicom
+
+    root, out = trained
+    images = [np.asarray(Image.open(p).convert("L")) for p in sorted((root / "Testing").rglob("*.jpg"))[:3]]
+    series = tmp_path / "series"
+    series.mkdir()
+    for k, image in enumerate(images):
+        write_dicom(series / f"s{2 - k}.dcm", image, instance=k + 1)
+    volume = tmp_path / "brain.nii.gz"
+    nib.save(
+        nib.Nifti1Image(np.stack([np.flipud(im).T for im in images], axis=2).astype(np.float32), np.eye(4)), volume
+    )
+    pred = tmp_path / "pred"
+    proc = run_script(python(str(LAUNCH / "predict.py"), f"run={out}", str(series), str(volume), f"--out={pred}"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(pred / "predictions.csv")))
+    assert [r["file"] for r in rows] == [str(series / f"s{2 - k}.dcm") for k in range(3)] + [
+        f"{volume}#z{k:03d}" for k in range(3)
+    ]
+    summary = list(csv.DictReader(open(pred / "volumes.csv")))
+    assert [s["volume"] for s in summary] == [str(series), str(volume)] and all(s["slices"] == "3" for s in summary)
+    assert all(
+        sum(int(s[f"votes_{c}"]) for c in ("glioma", "meningioma", "notumor", "pituitary")) == 3 for s in summary
+    )
+    assert summary[0]["tumour"] in ("glioma", "meningioma", "pituitary") and "volume(s)" in proc.stdout
+    bad = tmp_path / "empty.dcm"
+    bad.write_bytes(b"\x00" * 128 + b"DICM")
+    proc = run_script(python(str(LAUNCH / "predict.py"), f"run={out}", str(bad)))
+    assert proc.returncode == 2 and "empty.dcm" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

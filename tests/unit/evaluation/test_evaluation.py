@@ -12,7 +12,6 @@ import torch
 from brainmri.errors import CheckpointError, DatasetError
 from brainmri.evaluation.trained import (
     evaluate,
-    find_images,
     load_trained,
     locate,
     predict_probs,
@@ -85,12 +84,14 @@ def test_evaluate_scores_the_test_split_with_and_without_leaked_images(tmp_path)
     assert result.leakage_free["size"] == 38
 
 
-def test_find_images_names_the_culprit(tmp_path):
+def test_find_slices_names_the_culprit(tmp_path):
+    from brainmri.data.scanner import find_slices
+
     with pytest.raises(DatasetError, match="no such image or folder"):
-        find_images([str(tmp_path / "nope.png")])
+        find_slices([str(tmp_path / "nope.png")])
     (tmp_path / "bad.png").write_bytes(b"not a png")
-    with pytest.raises(DatasetError, match="1 unreadable image"):
-        find_images([str(tmp_path)])
+    with pytest.raises(DatasetError, match=r"bad.png: not an image"):
+        find_slices([str(tmp_path)])
 
 
 def test_an_ensemble_is_the_mean_of_its_members_and_a_sweep_folder_names_its_finished_runs(tmp_path):
@@ -164,3 +165,20 @@ def test_the_evaluation_report_keeps_the_keys_and_order_of_eval_json():
 
     result.intervals = bootstrap_intervals([0, 1, 1, 0], [0, 1, 0, 0], 4)
     assert list(result.report("w", "none", Path("/d")))[-1] == "intervals"  # new keys after the old ones
+
+
+def test_a_volume_summary_names_its_most_likely_tumour_and_the_votes():
+    from brainmri.evaluation.predict import Prediction, summarize_volumes
+
+    names = ["glioma", "meningioma", "notumor", "pituitary"]
+    rows = [
+        Prediction("v.nii#z000", "notumor", 0.9, [0.05, 0.03, 0.9, 0.02], "v.nii"),
+        Prediction("v.nii#z001", "notumor", 0.5, [0.1, 0.35, 0.5, 0.05], "v.nii"),
+        Prediction("v.nii#z002", "glioma", 0.6, [0.6, 0.1, 0.2, 0.1], "v.nii"),
+        Prediction("plain.jpg", "pituitary", 0.7, [0.1, 0.1, 0.1, 0.7]),
+        Prediction("w.dcm#frame0", "notumor", 0.97, [0.01, 0.01, 0.97, 0.01], "w.dcm"),
+    ]
+    v, w = summarize_volumes(rows, names)
+    assert (v.volume, v.slices, v.tumour, v.probability, v.slice) == ("v.nii", 3, "glioma", 0.6, "v.nii#z002")
+    assert v.votes == {"glioma": 1, "meningioma": 0, "notumor": 2, "pituitary": 0}
+    assert (w.slices, w.votes["notumor"]) == (1, 1)  # a volume of no tumour still names its likeliest tumour
