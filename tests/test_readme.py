@@ -39,7 +39,7 @@ RECIPES = REPO / "recipes"
 MAX_LINES = 400
 SECTIONS = ("data.", "model.", "train.", "optim.", "augment.", "tracking.", "slurm.", "figures.")
 # The schema that validates all of a script's settings, where it has one.
-SCHEMAS = {"evaluate": "EvalConfig", "predict": "EvalConfig", "audit": "AuditConfig"}
+SCHEMAS = {"evaluate": "EvalConfig", "predict": "EvalConfig", "export": "EvalConfig", "audit": "AuditConfig"}
 PLACEHOLDER = re.compile(r"<[^>]*>|\b[A-Z][A-Z0-9]*_(?:DIR|FILE|PATH)\b|\.\.\.$")
 DRY_RUN_TIMEOUT = 120
 
