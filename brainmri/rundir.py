@@ -7,12 +7,14 @@ Layout (a contract other tools rely on)::
     dataset.json       class names, counts, normalization mean/std, image size, channels
     metrics.jsonl      one JSON object per finished epoch
     results.json       test metrics of the best model
-    best.safetensors   weights of the best epoch (metadata: epoch, metric)
+    best.safetensors   weights of the best epoch (metadata: epoch, metric, config, dataset, inference spec, temperature)
     checkpoints/epoch_NNNN/   full training state (Accelerate save_state)
     bad_images.txt     images left out with data.on_bad_image=skip
     test_leaks.tsv     test images with the same pixels as a Training image (dropped with data.dedup=train_test)
     figures/           PNGs: class balance, augmentations, curves, confusion matrix, Grad-CAM
     eval_<split>.json  launch/evaluate.py's report (with its PNGs in figures/)
+    calibration.json   the temperature fitted after training (also inside best.safetensors)
+    MODEL_CARD.md      data, metrics with intervals, calibration, recipe, what not to use it for
 
 Every file is written to a temporary name and renamed into place; a checkpoint folder
 only gets its final name once all of it is on disk, so a folder named ``epoch_NNNN`` is

@@ -12,6 +12,7 @@ from typing import Optional
 from brainmri.config import Config, config_from_yaml, flat_dict
 from brainmri.errors import BrainMRIError
 from brainmri.evaluation.labels import read_out_of_fold
+from brainmri.reporting.model_card import write_model_card
 from brainmri.rundir import RunDir
 from brainmri.scoring.calibration import (
     Calibration,
@@ -73,4 +74,6 @@ def calibrate_refit(run_dir: Path, sweep_dir: Path, setting: Optional[str] = Non
     )
     write_calibration(run.calibration, calibration)
     stamp_weights(run.best_weights, calibration)  # the weights file alone then predicts calibrated too
+    if run.results.is_file():
+        write_model_card(run.path)  # its calibration section names the new temperature
     return calibration

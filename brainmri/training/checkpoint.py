@@ -26,6 +26,7 @@ from torch import nn
 from brainmri.data.samples import Sample
 from brainmri.errors import CheckpointError
 from brainmri.records import DatasetInfo, EpochRecord, InferenceSpec, Predictions, RunResults, is_better
+from brainmri.reporting.model_card import write_model_card
 from brainmri.rundir import RunDir, atomic_replace, atomic_write_json, atomic_write_text, write_jsonl
 from brainmri.scoring.calibration import Calibration, stamp_weights, write_calibration
 from brainmri.training.distributed import plain_model
@@ -171,9 +172,11 @@ class Checkpointer:
         atomic_replace(tmp, self.run.best_weights)
 
     def write_results(self, results: RunResults) -> None:
-        """``results.json``: written last, it marks the run finished."""
+        """``results.json``: written last, it marks the run finished; then ``MODEL_CARD.md``."""
         if self.is_main:
             atomic_write_json(self.run.results, results.to_json())
+            if self.run.config.is_file():
+                write_model_card(self.run.path)
 
     def write_validation(
         self, predictions: Predictions, samples: Sequence[Sample], class_names: Sequence[str], calibration: Calibration

@@ -41,6 +41,11 @@ def test_training_results_hold_every_metric_and_a_gradcam_figure(trained):
         1
     ] == "Testing/glioma_tumor/leak.jpg\tTraining/glioma_tumor/image (0).jpg"
     assert json.loads((out / "dataset.json").read_text())["train_test_leaks"] == 1
+    card = (out / "MODEL_CARD.md").read_text()  # every finished run has its model card
+    acc = results["intervals"]["test/acc"]
+    assert f"| accuracy | {results['test/acc']:.3f} | {acc['low']:.3f} - {acc['high']:.3f} |" in card
+    assert "Leakage: 1 test image(s) have the same pixels as a Training image" in card
+    assert "fitted on the val split" in card and "Not a diagnostic device" in card
 
 
 def test_evaluate_writes_json_pngs_and_the_leakage_free_score(trained):
@@ -137,6 +142,9 @@ def test_a_refit_is_calibrated_by_its_folds_and_evaluate_and_predict_apply_it(tm
     cal = json.loads((refit / "calibration.json").read_text())
     assert cal["fitted_on"] == "cv" and cal["size"] == 24 and cal["temperature"] > 0  # every Training image once
     assert f"temperature {cal['temperature']:.3f} from 24 out-of-fold predictions" in proc.stdout
+    card = (refit / "MODEL_CARD.md").read_text()  # rewritten with the folds' temperature
+    assert f"Temperature {cal['temperature']:.3f}, fitted on the CV folds' out-of-fold predictions" in card
+    assert "Validation: none: a refit on all of Training" in card
     proc = run_script(python(str(LAUNCH / "evaluate.py"), f"run={refit}"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((refit / "eval_test.json").read_text())
