@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 
+from brainmri.errors import BrainMRIError
 from tests.conftest import REPO, fast_overrides, make_dataset, python, run_script
 from tests.unit.test_weights import plant
 
@@ -306,31 +307,41 @@ def test_audit_labels_refuses_folds_at_chance_in_one_line(tmp_path):
     assert not (tmp_path / "labels" / "label_issues.csv").exists()
 
 
+def predictions_csv(models, inputs, out):
+    """predict.py's CSV, made in this process (each subprocess costs seconds of imports)."""
+    from brainmri.data.scanner import find_slices
+    from brainmri.evaluation.predict import predict_images, write_csv
+
+    rows = predict_images(models, find_slices(inputs), 64, "auto")
+    write_csv(out, rows, models[0].class_names)
+    return out.read_text()
+
+
 def test_a_bare_weights_file_predicts_and_evaluates_as_its_run_directory(trained, tmp_path):
     """Only best.safetensors, copied away from its run: the same calibrated CSV and test scores."""
+    from brainmri.evaluation.predict import load_predictors
+    from brainmri.evaluation.trained import evaluate, split_samples
+
     root, out = trained
     bare = tmp_path / "alone" / "best.safetensors"
     bare.parent.mkdir()
     shutil.copy(out / "best.safetensors", bare)
     temperature = json.loads((out / "calibration.json").read_text())["temperature"]
-    csvs = []
-    for source in (f"run={out}", f"checkpoint={bare}"):
-        pred = tmp_path / source.split("=")[0]
-        proc = run_script(python(str(LAUNCH / "predict.py"), source, str(root / "Testing"), f"--out={pred}"))
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert f"temperature {temperature:.3f} (fitted on the val split" in " ".join(proc.stdout.split())
-        csvs.append((pred / "predictions.csv").read_text())
-    assert csvs[0] == csvs[1]
-    proc = run_script(python(str(LAUNCH / "evaluate.py"), f"checkpoint={bare}", f"data.root={root}"))
+    pred = tmp_path / "pred"
+    proc = run_script(python(str(LAUNCH / "predict.py"), f"checkpoint={bare}", str(root / "Testing"), f"--out={pred}"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "best.safetensors's metadata" in " ".join(proc.stdout.split())
-    alone = json.loads((bare.parent / "eval_test.json").read_text())
-    proc = run_script(python(str(LAUNCH / "evaluate.py"), f"run={out}"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with_run = json.loads((out / "eval_test.json").read_text())
-    assert alone["calibration"] == pytest.approx(with_run["calibration"])
+    said = " ".join(proc.stdout.split())
+    assert f"temperature {temperature:.3f} (fitted on the val split; read from best.safetensors's metadata)" in said
+    with_run = load_predictors(str(out), None)
+    assert (pred / "predictions.csv").read_text() == predictions_csv(
+        with_run, [str(root / "Testing")], tmp_path / "r.csv"
+    )
+    (alone,) = load_predictors(None, str(bare))
+    scores = [evaluate(m, split_samples(m, str(root), "test"), "test") for m in (alone, with_run[0])]
+    assert scores[0].calibrated.metrics == scores[1].calibrated.metrics and scores[0].calibrated.fitted_on == "val"
+    assert scores[0].metrics["confusion_matrix"] == scores[1].metrics["confusion_matrix"]
     assert (
-        alone["confusion_matrix"] == with_run["confusion_matrix"] and alone["leaked_files"] == with_run["leaked_files"]
+        scores[0].leaks == scores[1].leaks == {"Testing/glioma_tumor/leak.jpg": "Training/glioma_tumor/image (0).jpg"}
     )
 
 
@@ -338,6 +349,8 @@ def test_export_onnx_passes_its_parity_check_and_predict_gives_the_same_csv(trai
     import numpy as np
     import onnx
     import onnxruntime as ort
+
+    from brainmri.evaluation.predict import check_cam, load_predictors
 
     root, out = trained
     model = tmp_path / "model.onnx"
@@ -356,15 +369,14 @@ def test_export_onnx_passes_its_parity_check_and_predict_gives_the_same_csv(trai
     for n in (1, 5):  # dynamic batch
         probs = session.run(["probabilities"], {"image": np.zeros((n, dataset["channels"], 64, 64), np.float32)})[0]
         assert probs.shape == (n, 4) and np.allclose(probs.sum(1), 1, atol=1e-5)
-    csvs = []
-    for source in (f"run={out}", f"checkpoint={model}"):
-        pred = tmp_path / source.split("=")[0]
-        proc = run_script(python(str(LAUNCH / "predict.py"), source, str(root / "Testing"), f"--out={pred}"))
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        csvs.append((pred / "predictions.csv").read_text())
-    assert csvs[0] == csvs[1] and "applied inside model.onnx" in " ".join(proc.stdout.split())
-    proc = run_script(python(str(LAUNCH / "predict.py"), f"checkpoint={model}", str(root / "Testing"), "--cam"))
-    assert proc.returncode == 2 and "--cam needs the PyTorch weights" in proc.stderr
+    exported = load_predictors(None, str(model))  # what predict.py checkpoint=model.onnx loads
+    assert "applied inside model.onnx" in exported[0].temperature_note()
+    testing = [str(root / "Testing")]
+    assert predictions_csv(exported, testing, tmp_path / "onnx.csv") == predictions_csv(
+        load_predictors(str(out), None), testing, tmp_path / "run.csv"
+    )
+    with pytest.raises(BrainMRIError, match="--cam needs the PyTorch weights"):
+        check_cam(exported)
 
 
 def test_a_perturbed_onnx_model_fails_the_parity_check_and_is_never_written(trained, tmp_path, monkeypatch):
@@ -429,7 +441,3 @@ def test_predict_reads_a_dicom_series_and_a_nifti_volume(trained, tmp_path):
         sum(int(s[f"votes_{c}"]) for c in ("glioma", "meningioma", "notumor", "pituitary")) == 3 for s in summary
     )
     assert summary[0]["tumour"] in ("glioma", "meningioma", "pituitary") and "volume(s)" in proc.stdout
-    bad = tmp_path / "empty.dcm"
-    bad.write_bytes(b"\x00" * 128 + b"DICM")
-    proc = run_script(python(str(LAUNCH / "predict.py"), f"run={out}", str(bad)))
-    assert proc.returncode == 2 and "empty.dcm" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
