@@ -112,9 +112,25 @@ def _pixels(path: Path, ds) -> np.ndarray:
         ) from None
 
 
-@functools.lru_cache(maxsize=4)
+def _version(path: Path) -> tuple[Path, int, int]:
+    """The cache key of a file's decoded slices: a rewritten file is decoded again."""
+    stat = path.stat()
+    return path, stat.st_mtime_ns, stat.st_size
+
+
 def dicom_frames(path: Path) -> list[np.ndarray]:
     """Every frame of a DICOM file as an 8-bit slice (grayscale, or RGB for colour data)."""
+    return _dicom_frames(*_version(path))
+
+
+def nifti_slices(path: Path) -> list[np.ndarray]:
+    """The axial slices of a 3-D NIfTI volume, in canonical (RAS+) orientation, inferior to
+    superior, each as an 8-bit image with anterior up and the patient's right on the left."""
+    return _nifti_slices(*_version(path))
+
+
+@functools.lru_cache(maxsize=4)
+def _dicom_frames(path: Path, mtime: int, size: int) -> list[np.ndarray]:
     pydicom = require("pydicom", "dicom", f"reading the DICOM file {path}")
     try:
         ds = pydicom.dcmread(str(path))
@@ -153,9 +169,7 @@ def dicom_series(paths: Sequence[Path]) -> list[Path]:
 
 
 @functools.lru_cache(maxsize=2)
-def nifti_slices(path: Path) -> list[np.ndarray]:
-    """The axial slices of a 3-D NIfTI volume, in canonical (RAS+) orientation, inferior to
-    superior, each as an 8-bit image with anterior up and the patient's right on the left."""
+def _nifti_slices(path: Path, mtime: int, size: int) -> list[np.ndarray]:
     nib = require("nibabel", "nifti", f"reading the NIfTI volume {path}")
     try:
         image = nib.as_closest_canonical(nib.load(str(path)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -59,20 +60,22 @@ def fold_skill(oof: OutOfFold, spec: Bootstrap = Bootstrap()) -> FoldSkill:
     return FoldSkill(accuracy, float(counts[majority] / counts.sum()), oof.class_names[majority])
 
 
-def check_fold_skill(skill: FoldSkill, setting: str) -> None:
-    """Refuse (one line) folds that do not beat the majority class; warn when they do narrowly."""
+def check_fold_skill(skill: FoldSkill, setting: str) -> Optional[str]:
+    """Refuse (one line) folds that do not beat the majority class; the warning when they beat
+    it only narrowly (None otherwise)."""
     if not skill.learned:
         raise BrainMRIError(
             f"setting {setting}: the folds have not learned: {skill.line()}; the lower bound is not above it, "
             "so their 'label issues' would rank noise. Train better folds (more epochs, another lr) first"
         )
-    if skill.narrow:
-        log.warning(
-            "setting %s: the folds beat the majority class only narrowly (lower bound within %.0f points); "
-            "treat the label issues with care",
-            setting,
-            100 * NARROW_MARGIN,
-        )
+    if not skill.narrow:
+        return None
+    warning = (
+        f"setting {setting}: the folds beat the majority class only narrowly (the lower bound is within "
+        f"{100 * NARROW_MARGIN:.0f} points of it); many of these label issues may be the models' errors"
+    )
+    log.warning(warning)
+    return warning
 
 
 def show_label_issues(oof: OutOfFold, top: int, out: Path) -> list[Path]:
@@ -84,7 +87,9 @@ def show_label_issues(oof: OutOfFold, top: int, out: Path) -> list[Path]:
 
     skill = fold_skill(oof)
     console.print(skill.line())
-    check_fold_skill(skill, oof.setting)
+    warning = check_fold_skill(skill, oof.setting)
+    if warning:
+        console.print(f"[bold yellow]warning[/]: {warning}")
     names = oof.class_names
     issues = rank_label_issues(oof.files, oof.labels, oof.probs)
     counts = np.bincount(oof.labels, minlength=len(names))

@@ -132,7 +132,8 @@ def _recipe_section(cfg: Config) -> list[str]:
         f"- {cfg.train.epochs} epochs, batch {cfg.train.batch_size} per process, {cfg.optim.name} lr {cfg.optim.lr}, "
         f"weight decay {cfg.optim.weight_decay}, schedule {cfg.optim.schedule}; augmentation `{cfg.augment.preset}`; "
         f"precision `{cfg.train.mixed_precision}`; best epoch by `{cfg.train.select_metric}`; seed {cfg.seed}.",
-        f"- Recipe `{cfg.recipe}`; the full config is `config.yaml`. brainmri {__version__}.",
+        f"- Recipe `{cfg.recipe or 'none (defaults and overrides)'}`; the full config is `config.yaml`. "
+        f"brainmri {__version__}.",
         "",
     ]
 

@@ -179,7 +179,7 @@ def test_nifti_without_a_display_range_uses_the_volumes_range_and_refuses_4d(tmp
 
 def test_a_missing_reader_names_its_extra(tmp_path, monkeypatch):
     path = write_dicom(tmp_path / "a.dcm", jpeg(0))
-    scanner.dicom_frames.cache_clear()
+    scanner._dicom_frames.cache_clear()
     monkeypatch.setitem(__import__("sys").modules, "pydicom", None)
     with pytest.raises(MissingExtra, match=r'pip install "brainmri\[dicom\]"'):
         find_slices([str(path)])
