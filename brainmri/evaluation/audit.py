@@ -1,6 +1,7 @@
 """Dataset audit: what is in the folders before anyone trusts a score computed on them.
 
-Class counts per split, image sizes and modes, unreadable files, exact duplicates (same
+Class counts per split, image sizes and modes, unreadable files (DICOM files and NIfTI
+volumes in the class folders are read too, as ``predict.py`` reads them; training does not), exact duplicates (same
 decoded pixels, so a copy re-saved with other metadata still counts), near-duplicates
 (perceptual hash within a Hamming distance, via ``imagehash``: catches re-encoded and
 resized copies), duplicate groups whose labels disagree, and the leakage between Training
@@ -18,8 +19,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from brainmri.data.groups import components, near_edges, perceptual_hash
-from brainmri.data.samples import CLASS_NAMES, find_split_dir, list_images
+from brainmri.data.samples import CLASS_ALIASES, CLASS_NAMES, find_split_dir, is_hidden, list_images
 from brainmri.data.scan import open_verified, pixel_hash
+from brainmri.data.scanner import find_slices, is_dicom, is_nifti
 from brainmri.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -38,10 +40,44 @@ class ImageRecord:
     file_hash: Optional[str] = None  # SHA-256 of the bytes
     pixel_hash: Optional[str] = None  # SHA-1 of the decoded RGB pixels
     phash: Optional[int] = None  # 64-bit perceptual hash
+    kind: str = "image"  # image | dicom | nifti (read through brainmri.data.scanner)
+
+
+def scanner_records(split_dir: Path, root: Path, split: str) -> list[ImageRecord]:
+    """The DICOM files and NIfTI volumes in a split's class folders (training reads only
+    images; the audit reads these too, as ``predict.py`` would)."""
+    out = []
+    for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and p.name.lower() in CLASS_ALIASES):
+        for path in sorted(class_dir.rglob("*")):
+            if not path.is_file() or any(is_hidden(part) for part in path.relative_to(root).parts):
+                continue
+            kind = "dicom" if is_dicom(path) else "nifti" if is_nifti(path) else None
+            if kind is not None:
+                label = CLASS_ALIASES[class_dir.name.lower()]
+                out.append(ImageRecord(path.relative_to(root).as_posix(), split, label, kind=kind))
+    return out
+
+
+def _inspect_scanner_file(path: Path, record: ImageRecord) -> ImageRecord:
+    """A DICOM file or NIfTI volume, read as ``predict.py`` reads it (:mod:`brainmri.data.scanner`):
+    its first slice's size and perceptual hash, a pixel hash over every slice."""
+    try:
+        slices = [s.load(3) for s in find_slices([str(path)])]
+    except DatasetError as e:  # no pixel data, an undecodable syntax, not 3-D: the reason, without the path
+        record.error = str(e).removeprefix(f"{path}: ")
+        return record
+    record.size, record.mode = slices[0].size, f"{record.kind} ({len(slices)} slice(s))"
+    record.file_hash = hashlib.sha256(path.read_bytes()).hexdigest()
+    hashes = [pixel_hash(image) for image in slices]
+    record.pixel_hash = hashes[0] if len(hashes) == 1 else hashlib.sha1("".join(hashes).encode()).hexdigest()
+    record.phash = perceptual_hash(slices[0])
+    return record
 
 
 def _inspect(root: Path, record: ImageRecord) -> ImageRecord:
     path = root / record.path
+    if record.kind != "image":
+        return _inspect_scanner_file(path, record)
     error, image = open_verified(path)
     if image is None:
         record.error = error
@@ -64,6 +100,7 @@ def scan(root: Path, workers: int) -> list[ImageRecord]:
         folder = find_split_dir(root, split)
         if folder is not None:
             records += [ImageRecord(s.path, split, s.label) for s in list_images(folder, root)]
+            records += scanner_records(folder, root, split)
     if not records:
         raise DatasetError(f"no Training/ or Testing/ folder in {root}")
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

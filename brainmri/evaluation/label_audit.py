@@ -117,11 +117,12 @@ def show_label_issues(oof: OutOfFold, top: int, out: Path) -> list[Path]:
 
 def _suspects_figure(oof: OutOfFold, shown: list, path: Path) -> Path:
     from brainmri.data.samples import resolve_root
-    from brainmri.data.scan import load_image
+    from brainmri.data.scanner import find_slices
     from brainmri.reporting import figures
 
     root, names = resolve_root(oof.data_root), oof.class_names
-    images = [np.asarray(load_image(root / i.file, 1).resize((160, 160))) for i in shown]
+    # read as predict.py reads any file (a DICOM or NIfTI suspect shows its first slice)
+    images = [np.asarray(find_slices([str(root / i.file)])[0].load(1).resize((160, 160))) for i in shown]
     captions = [
         f"{names[i.given]} → {names[i.suggested]} ({i.suggested_prob:.0%})\n{Path(i.file).name[:28]}" for i in shown
     ]

@@ -85,3 +85,25 @@ def test_dedup_train_test_removes_exactly_the_planted_exact_leaks(planted):
     dropped = {s.path for s in kept.test} - {s.path for s in deduped.test}
     assert dropped == {"Testing/glioma_tumor/copy.jpg", "Testing/no_tumor/resaved.png"}
     assert deduped.train == kept.train and deduped.val == kept.val
+
+
+def test_the_audit_reads_dicom_and_nifti_files_as_predict_does(tmp_path):
+    """A DICOM copy of a Training slice in Testing is a leak like any other; a DICOM file
+    without pixel data is unreadable, with the reason; a NIfTI volume counts its slices."""
+    import nibabel as nib
+
+    from tests.unit.data.test_scanner import write_dicom
+
+    root = distinct_dataset(tmp_path / "data", train=2, test=1)
+    gray = np.asarray(distinct_image(99).convert("L"))
+    Image.fromarray(gray).save(root / "Training" / "glioma_tumor" / "gray.png")
+    write_dicom(root / "Testing" / "glioma_tumor" / "scan.dcm", gray)
+    (root / "Training" / "meningioma_tumor" / "bad.dcm").write_bytes(b"\0" * 128 + b"DICM")
+    volume = np.stack([np.flipud(gray).T, np.flipud(gray[::-1]).T], axis=2).astype(np.float32)
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), str(root / "Testing" / "no_tumor" / "vol.nii.gz"))
+    report = audit(root, workers=1)
+    assert ["Testing/glioma_tumor/scan.dcm", "Training/glioma_tumor/gray.png"] in report["exact_groups"]
+    assert report["summary"]["test_images_pixel_identical_to_training"] == 1
+    assert "DICOM file without pixel data" in report["unreadable"]["Training/meningioma_tumor/bad.dcm"]
+    assert report["modes"]["dicom (1 slice(s))"] == 1 and report["modes"]["nifti (2 slice(s))"] == 1
+    assert report["counts"]["test"]["notumor"] == 2  # the image and the volume

@@ -62,8 +62,10 @@ def test_a_weights_file_alone_carries_its_config(tmp_path):
     shutil.copy(FIXTURE / "best.safetensors", tmp_path / "model.safetensors")
     trained = load_trained(checkpoint=str(tmp_path / "model.safetensors"), device=CPU)
     assert trained.run_dir is None and trained.cfg.data.image_size == 64 and trained.std == [0.5, 0.5, 0.5]
-    with pytest.raises(CheckpointError, match="needs the run directory"):
-        split_samples(trained, None, "test")
+    splits = split_samples(trained, None, "test")  # no split.csv: the whole Testing/ of its data.root (the demo)
+    assert len(splits.test) == 40 and len(splits.train) == 160 and not splits.val
+    with pytest.raises(CheckpointError, match="split=val of model.safetensors needs its run directory"):
+        split_samples(trained, None, "val")
 
 
 def test_evaluate_scores_the_test_split_with_and_without_leaked_images(tmp_path):
