@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -156,7 +157,9 @@ class TrainConfig:
     mixed_precision: str = (
         "auto"  # auto (bf16 where the hardware has it, fp16 on older GPUs, else no) | no | bf16 | fp16
     )
-    grad_accum: int = 1
+    grad_accum: int = 1  # on world_size ranks; on fewer or more, scaled to keep the global batch
+    # Ranks the global batch is planned for; None: the first start's. submit.py sets it for slurm.nodes=MIN-MAX.
+    world_size: Optional[int] = None
     grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
     label_smoothing: float = 0.0
     class_weights: bool = False  # weight the loss by inverse class frequency of the train split
@@ -177,6 +180,8 @@ class TrainConfig:
             self.mixed_precision = "no"
         _choice("train.mixed_precision", self.mixed_precision, ("auto", "no", "bf16", "fp16"))
         _check(self.grad_accum >= 1, "train.grad_accum", "an integer >= 1", self.grad_accum)
+        if self.world_size is not None:
+            _check(self.world_size >= 1, "train.world_size", "an integer >= 1", self.world_size)
         _check(self.grad_clip >= 0, "train.grad_clip", "a norm >= 0 (0 disables)", self.grad_clip)
         _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", "a value in [0, 1)", self.label_smoothing)
         _choice("train.select_metric", self.select_metric, ("val/macro_f1", "val/acc", "val/loss", "last"))
@@ -256,7 +261,7 @@ class SlurmConfig:
 
     cluster: str = "slurm"  # slurm | local | debug (submitit's executors)
     partition: Optional[str] = None
-    nodes: int = 1
+    nodes: Union[int, str] = 1  # N, or MIN-MAX (elastic: SLURM may start or requeue the job on fewer nodes)
     gpus_per_node: int = 1
     tasks_per_node: Optional[int] = None  # None: one task per GPU (1 without GPUs)
     cpus_per_task: int = 8  # also sets DataLoader workers (cpus_per_task - 1) unless data.num_workers is set
@@ -274,7 +279,7 @@ class SlurmConfig:
 
     def __post_init__(self) -> None:
         _choice("slurm.cluster", self.cluster, ("slurm", "local", "debug"))
-        _check(self.nodes >= 1, "slurm.nodes", "an integer >= 1", self.nodes)
+        node_range(self.nodes)
         _check(self.gpus_per_node >= 0, "slurm.gpus_per_node", "an integer >= 0", self.gpus_per_node)
         if self.tasks_per_node is not None:
             _check(self.tasks_per_node >= 1, "slurm.tasks_per_node", "an integer >= 1", self.tasks_per_node)
@@ -294,6 +299,44 @@ class SlurmConfig:
     @property
     def tasks(self) -> int:
         return self.tasks_per_node or max(1, self.gpus_per_node)
+
+    @property
+    def min_nodes(self) -> int:
+        return node_range(self.nodes)[0]
+
+    @property
+    def max_nodes(self) -> int:
+        return node_range(self.nodes)[1]
+
+    @property
+    def elastic(self) -> bool:
+        """``nodes=MIN-MAX``: the job may run on fewer nodes than it asks for."""
+        return self.min_nodes < self.max_nodes
+
+    @property
+    def planned_world(self) -> Optional[int]:
+        """An elastic job's ranks on its most nodes, which its global batch is planned for; None otherwise."""
+        return self.max_nodes * self.tasks if self.elastic else None
+
+
+def _check_node_range(min_nodes: int, max_nodes: int, grad_accum: int) -> None:
+    """An elastic job keeps the global batch of its most nodes by scaling gradient accumulation
+    (:mod:`brainmri.training.elastic`): every node count of the range must divide it."""
+    bad = [n for n in range(min_nodes, max_nodes + 1) if (max_nodes * grad_accum) % n]
+    if bad:
+        raise ConfigError(
+            f"slurm.nodes={min_nodes}-{max_nodes} with train.grad_accum={grad_accum}: on {bad[0]} node(s) no whole "
+            f"accumulation keeps the global batch of {max_nodes} node(s); every count in the range must divide "
+            f"{max_nodes} x train.grad_accum"
+        )
+
+
+def node_range(nodes: Union[int, str]) -> tuple[int, int]:
+    """``slurm.nodes`` as (fewest, most): ``2`` is (2, 2), ``"1-2"`` is (1, 2), as ``sbatch --nodes`` reads them."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", str(nodes))
+    lo, hi = (int(m.group(1)), int(m.group(2) or m.group(1))) if m else (0, 0)
+    _check(1 <= lo <= hi, "slurm.nodes", "an integer >= 1 or a range MIN-MAX such as 1-2", nodes)
+    return lo, hi
 
 
 @dataclass
@@ -322,6 +365,8 @@ class Config:
                 f"model.in_chans={self.model.in_chans} disagrees with data.channels={self.data.channels}: "
                 "set only data.channels"
             )
+        if self.slurm.elastic:
+            _check_node_range(self.slurm.min_nodes, self.slurm.max_nodes, self.train.grad_accum)
         if not self.has_validation and self.train.select_metric != "last":
             raise ConfigError(
                 "data.val_fraction=0 leaves no validation to choose epochs by "

@@ -85,6 +85,9 @@ _EPOCH_KEYS = {
     "lr": "lr",
     "epoch_time": "epoch_time",
     "gpu_mem_peak_gb": "gpu_mem_peak_gb",
+    "train_samples": "train/samples",
+    "ranks": "ranks",
+    "grad_accum": "grad_accum",
 }
 
 
@@ -97,6 +100,7 @@ class TrainEpoch:
     macro_f1: float
     throughput: float  # images per second over the whole epoch, as users see it
     seconds: float
+    samples: int  # distinct images, across ranks
 
 
 @dataclass
@@ -115,9 +119,15 @@ class EpochRecord:
     lr: float
     epoch_time: float
     gpu_mem_peak_gb: Optional[float] = None  # CUDA only
+    # Absent in runs from before elastic node counts: the distinct training images the epoch's
+    # metrics cover (every one once, across ranks and resumes), and the ranks and accumulation
+    # of the attempt that finished the epoch.
+    train_samples: Optional[int] = None
+    ranks: Optional[int] = None
+    grad_accum: Optional[int] = None
 
     def to_json(self) -> dict[str, Any]:
-        optional = ("gpu_mem_peak_gb",) + _VAL_FIELDS
+        optional = ("gpu_mem_peak_gb", "train_samples", "ranks", "grad_accum") + _VAL_FIELDS
         return {
             key: getattr(self, name)
             for name, key in _EPOCH_KEYS.items()

@@ -158,7 +158,7 @@ def run_benchmark(
     Batches the loader's workers prefetched during a model window are skipped, not counted.
     """
     check_pretrained_source(cfg.model)  # one line, as train.py says it, before any data is read
-    accelerator = make_accelerator(cfg.train)
+    accelerator = make_accelerator(cfg.train, cfg.seed)
     device = accelerator.device
     # Speed does not depend on which images validate: skip the perceptual hashes of the grouped split.
     rule = dataclasses.replace(split_rule(cfg.data, cfg.seed), groups="none")

@@ -29,6 +29,7 @@ from brainmri.records import DatasetInfo, EpochRecord, Predictions, RunResults, 
 from brainmri.rundir import RunDir, atomic_replace, atomic_write_json, atomic_write_text, write_jsonl
 from brainmri.scoring.calibration import Calibration, write_calibration
 from brainmri.training.distributed import plain_model
+from brainmri.training.elastic import STATE_FILE, resume_folder
 from brainmri.weights import verify_checkpoint_folder, without_compile_prefix
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,12 @@ class TrainState:
     best_metric: Optional[float] = None
     best_epoch: Optional[int] = None
     history: list[EpochRecord] = field(default_factory=list)
+    world_size: int = 0  # ranks the global batch is planned for (brainmri.training.elastic); 0: unknown
+    ranks: int = 0  # ranks that wrote this checkpoint
 
     # Stored as JSON beside Accelerate's files rather than registered with Accelerate, which
     # unpickles registered objects with weights_only=False: a checkpoint must hold no code.
-    FILE = "train_state.json"
+    FILE = STATE_FILE
 
     def finish_epoch(self, record: EpochRecord, metric: str) -> bool:
         """Add a finished epoch; True when it is the best so far by ``metric``."""
@@ -72,6 +75,8 @@ class TrainState:
             "best_metric": self.best_metric,
             "best_epoch": self.best_epoch,
             "history": [r.to_json() for r in self.history],
+            "world_size": self.world_size,
+            "ranks": self.ranks,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -85,6 +90,8 @@ class TrainState:
         if isinstance(history, str):  # checkpoints written before 0.2 stored the history as a JSON string
             history = json.loads(history)
         self.history = [EpochRecord.from_json(r) for r in history]
+        self.world_size = int(state.get("world_size", 0))  # absent before elastic node counts
+        self.ranks = int(state.get("ranks", 0))
 
     def save(self, folder: Path) -> None:
         atomic_write_json(folder / self.FILE, self.state_dict())
@@ -129,6 +136,7 @@ class Checkpointer:
         At an epoch's end ``state.batches`` is 0; mid-epoch it counts the batches trained, and
         ``rows`` (every rank's, gathered) keeps the epoch's training predictions so far."""
         acc = self.accelerator
+        state.ranks = acc.num_processes
         tmp = self.run.temp_checkpoint(state.epoch, state.batches)
         final = self.run.checkpoint(state.epoch, state.batches)
         if self.is_main:
@@ -197,13 +205,15 @@ class Checkpointer:
     def resume(self, state: TrainState) -> bool:
         """Load the newest complete checkpoint into the prepared objects and ``state``.
 
-        Returns False (and changes nothing) when the run has no complete checkpoint yet.
+        Returns False (and changes nothing) when the run has no complete checkpoint yet, or
+        only a mid-epoch one of the first epoch written by another number of ranks.
         """
-        latest = self.run.latest_checkpoint()
-        if latest is None:
-            log.info("resume=auto: no complete checkpoint in %s, starting from epoch 1", self.run.path)
+        path, note = resume_folder(self.run, self.accelerator.num_processes)
+        if note:
+            log.warning("%s", note)
+        if path is None:
+            log.info("resume=auto: no usable checkpoint in %s, starting from epoch 1", self.run.path)
             return False
-        _, path = latest
         verify_checkpoint_folder(path)  # refuse planted pickles before Accelerate opens anything
         self.accelerator.load_state(str(path))
         state.load(path)

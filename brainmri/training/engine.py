@@ -41,6 +41,7 @@ from brainmri.training.distributed import (
     plain_model,
     preparation_group,
 )
+from brainmri.training.elastic import Placement, plan_placement, read_saved_placement
 from brainmri.training.heartbeat import Heartbeat, describe_loss, find_quiet_rank
 from brainmri.training.optim import fast_forward
 from brainmri.training.preparation import PreparedRun, prepare_run
@@ -61,18 +62,21 @@ class Trainer:
         wandb_mode: Optional[str] = None,
         stop_event: Optional[threading.Event] = None,
         node: Optional[str] = None,
+        nodes: Optional[int] = None,
     ):
         """``wandb_mode`` is ``tracking.wandb`` with ``auto`` already resolved by the caller
         (see :func:`brainmri.reporting.tracking.resolve_mode`); an unresolved ``auto`` means offline.
         ``stop_event``, set from any rank (a signal handler, say), makes all ranks stop together
         at the next step with :class:`TrainingInterrupted`. ``node``: this process's node name
-        (SLURM's), for the heartbeat that names a lost rank; default the host name."""
+        (SLURM's), for the heartbeat that names a lost rank; default the host name. ``nodes``:
+        how many nodes this attempt runs on, for the elastic resume line."""
         self.cfg = cfg
         self.show_progress = show_progress
         mode = wandb_mode or cfg.tracking.wandb
         self.wandb_mode = "offline" if mode == "auto" else mode
         self.stop_event = stop_event
         self.node = node
+        self.nodes = nodes
         self.state = TrainState()
         self.heartbeat: Optional[Heartbeat] = None
         # Made by setup(); close() releases whatever setup got as far as making.
@@ -84,13 +88,15 @@ class Trainer:
     def setup(self) -> None:
         """The accelerator, the prepared run folder and data, the step, and the saved state."""
         cfg = self.cfg
-        self.accelerator = acc = make_accelerator(cfg.train)
+        self.accelerator = acc = make_accelerator(cfg.train, cfg.seed)
         set_seed(cfg.seed, device_specific=True)
         prep = preparation_group(acc)
         source = on_main(acc, lambda: check_pretrained_source(cfg.model), prep)  # one line, before any data is read
         if source:
             log.info("pretrained %s weights from %s", cfg.model.name, source)
         self.prepared: PreparedRun = prepare_run(cfg, acc, prep)
+        placement = self._placement()
+        acc.gradient_accumulation_steps = placement.grad_accum
         self.training: Training = build_training(cfg, acc, self.prepared.splits, self.prepared.info, prep)
         rolling = cfg.train.checkpoint_minutes > 0
         self.stop = StopSignal(acc, self.stop_event, cfg.train.collective_timeout, rolling=rolling)
@@ -100,6 +106,9 @@ class Trainer:
         if resumed:
             total = self.training.steps_per_epoch * cfg.train.epochs
             fast_forward(self.training.step.scheduler, self.state.step, total)
+        self.state.world_size = placement.planned_world
+        if placement.changed and acc.is_main_process:
+            log.warning("%s %s", "resumed" if resumed else "started", placement.describe(self.nodes))
         self.reporter = Reporter(
             acc,
             self.prepared.run,
@@ -118,6 +127,14 @@ class Trainer:
             self.reporter.start(self.prepared.splits, self.prepared.info, cfg.data, cfg.augment, cfg.seed)
         self._checkpointed_at = time.perf_counter()
         self._checkpointed = (self.state.epoch, self.state.batches)  # the position on disk already
+
+    def _placement(self) -> Placement:
+        """The accumulation for this attempt's ranks: the plan is the checkpoint's when
+        resuming, else ``train.world_size``, else the ranks of this first start."""
+        world = self.accelerator.num_processes
+        saved = read_saved_placement(self.prepared.run) if self.prepared.mode == "resume" else None
+        planned = (saved.planned_world if saved else 0) or self.cfg.train.world_size or world
+        return plan_placement(self.cfg.train.grad_accum, planned, world)
 
     @property
     def model(self) -> nn.Module:
@@ -162,6 +179,7 @@ class Trainer:
             macro_f1=metrics["train/macro_f1"],
             throughput=len(predictions.targets) / seconds,
             seconds=seconds,
+            samples=len(predictions.targets),
         )
 
     def evaluate(self, loader: DataLoader, split: str) -> dict:
@@ -211,6 +229,9 @@ class Trainer:
             lr=lr,
             epoch_time=time.perf_counter() - started,
             gpu_mem_peak_gb=gpu_peak,
+            train_samples=train.samples,
+            ranks=self.accelerator.num_processes,
+            grad_accum=self.accelerator.gradient_accumulation_steps,
         )
         if self.state.finish_epoch(record, self.cfg.train.select_metric):
             self.checkpointer.write_best(self.model, self.state)
@@ -305,7 +326,7 @@ class Trainer:
         an epoch's first batch the previous epoch's checkpoint is this state already.
         """
         state = self.state
-        if state.batches % self.cfg.train.grad_accum:
+        if state.batches % self.accelerator.gradient_accumulation_steps:
             return
         minutes = self.cfg.train.checkpoint_minutes
         due = minutes > 0 and time.perf_counter() - self._checkpointed_at >= 60 * minutes

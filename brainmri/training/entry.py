@@ -45,6 +45,7 @@ def train(
     show_progress: bool,
     stop_event: Optional[threading.Event] = None,
     node: Optional[str] = None,
+    nodes: Optional[int] = None,
 ) -> int:
     """Train ``cfg`` into its run directory; the main process prints the config and the results."""
     from brainmri.training.distributed import distributed_state
@@ -54,7 +55,9 @@ def train(
     setup_logging(is_main)
     if is_main:
         print_config(config_lib.to_yaml(cfg))
-    trainer = Trainer(cfg, show_progress=show_progress, wandb_mode=wandb_mode, stop_event=stop_event, node=node)
+    trainer = Trainer(
+        cfg, show_progress=show_progress, wandb_mode=wandb_mode, stop_event=stop_event, node=node, nodes=nodes
+    )
     results = trainer.fit()
     if is_main:
         print_results(results.to_json())
@@ -76,7 +79,8 @@ def main(
         if args["--dry-run"]:
             return dry_run(cfg)
         node = environ.get("SLURMD_NODENAME")  # the heartbeat names a lost rank by its SLURM node
-        return train(cfg, resolve_mode(cfg.tracking.wandb, environ), show_progress, stop_event, node)
+        nodes = int(environ.get("SLURM_JOB_NUM_NODES", "0")) or None  # an elastic attempt says how many it got
+        return train(cfg, resolve_mode(cfg.tracking.wandb, environ), show_progress, stop_event, node, nodes)
 
     # Every rank fails alike; one line from the first is enough.
     return shell.run(command, argv, FLAGS, quiet=environ.get("RANK", "0") != "0")

@@ -56,6 +56,11 @@ def test_demo_two_processes_ddp(tmp_path):
         assert (out / name).is_file(), name
     split_rows = (out / "split.csv").read_text().splitlines()[1:]
     assert len(split_rows) == 200
+    # Both ranks shuffle alike and train disjoint halves: every training image each epoch
+    # (the ranks' shuffles once differed, and a quarter of the images went unseen).
+    train_rows = [r for r in split_rows if r.split(",")[2] == "train"]
+    assert [r["train/samples"] for r in history] == [len(train_rows)] * 2
+    assert [(r["ranks"], r["grad_accum"]) for r in history] == [(2, 1)] * 2
     # Calibration: a temperature fitted on the best weights' validation predictions, and
     # those predictions (every validation image once, across both ranks) beside it.
     calibration = json.loads((out / "calibration.json").read_text())
