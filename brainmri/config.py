@@ -30,6 +30,25 @@ def _choice(key: str, value: Any, choices: Sequence[Any]) -> None:
     _check(value in choices, key, "one of " + "|".join(map(str, choices)), value)
 
 
+_BUDGET_RE = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+
+
+def budget_seconds(budget: str) -> Optional[float]:
+    """``train.budget`` in seconds (``1h30m`` is 5400); None for ``slurm``, whose seconds are the
+    job's time left, known only inside the job."""
+    text = str(budget).strip().lower()
+    if text == "slurm":
+        return None
+    m = _BUDGET_RE.fullmatch(text)
+    seconds = 3600 * int(m.group(1) or 0) + 60 * int(m.group(2) or 0) + int(m.group(3) or 0) if m else 0
+    _check(seconds > 0, "train.budget", "a duration such as 30m, 2h, 1h30m, 40s, or slurm", budget)
+    return float(seconds)
+
+
+# Pairs of keys that are alternatives: the later layer's choice replaces the earlier one's.
+ALTERNATIVES = (("train.epochs", "train.budget"),)
+
+
 def has_validation(val_fraction: float, folds: int) -> bool:
     """Whether Training keeps a validation share: the one rule of the config's check and of the
     data layer's split (:class:`brainmri.data.splits.SplitRule`)."""
@@ -152,7 +171,8 @@ class ModelConfig:
 class TrainConfig:
     """The loop: epochs, batch, precision and what counts as the best model."""
 
-    epochs: int = 10
+    epochs: int = 10  # a fixed count; or train.budget (the two are alternatives: a recipe sets one)
+    budget: Optional[str] = None  # wall clock, start to results: 30m, 2h, 1h30m, 40s, or slurm (the job's limit)
     batch_size: int = 32  # per process
     mixed_precision: str = (
         "auto"  # auto (bf16 where the hardware has it, fp16 on older GPUs, else no) | no | bf16 | fp16
@@ -175,6 +195,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "an integer >= 1", self.epochs)
+        if self.budget is not None:
+            budget_seconds(self.budget)  # one line naming the key when it does not parse
         _check(self.batch_size >= 1, "train.batch_size", "an integer >= 1", self.batch_size)
         if self.mixed_precision in (False, "False", "false"):  # YAML 1.1 reads a bare `no` as false
             self.mixed_precision = "no"
@@ -520,7 +542,7 @@ def load_yaml_mapping(path: Path) -> DictConfig:
     return node
 
 
-def merge_config(schema: type, layers: Sequence[tuple[str, DictConfig | dict]]) -> Any:
+def merge_config(schema: type, layers: Sequence[tuple[str, DictConfig | dict]], alternatives: bool = False) -> Any:
     """Merge named layers onto ``schema``'s defaults and build the validated dataclass.
 
     Each layer's keys are checked first so a typo gets a "did you mean" instead of
@@ -530,8 +552,11 @@ def merge_config(schema: type, layers: Sequence[tuple[str, DictConfig | dict]]) 
     merged = OmegaConf.structured(schema)
     for source, layer in layers:
         node = layer if isinstance(layer, DictConfig) else OmegaConf.create(layer)
-        check_keys(_with_sections(list(flat_dict(node))), valid, source)
+        keys = list(flat_dict(node))
+        check_keys(_with_sections(keys), valid, source)
         try:
+            if alternatives:  # a user's layers (recipe, command line), not a saved config.yaml
+                _replace_alternatives(merged, keys, source, schema)
             merged = OmegaConf.merge(merged, node)
         except OmegaConfBaseException as e:
             key = getattr(e, "full_key", None) or "?"
@@ -547,6 +572,21 @@ def merge_config(schema: type, layers: Sequence[tuple[str, DictConfig | dict]]) 
             raise cause from None
         key = getattr(e, "full_key", None) or "?"
         raise ConfigError(f"{key}: {str(getattr(e, 'msg', e)).splitlines()[0]}") from None
+
+
+def _replace_alternatives(merged: DictConfig, keys: Sequence[str], source: str, schema: type) -> None:
+    """A layer that sets one key of an :data:`ALTERNATIVES` pair drops the other's earlier
+    setting (``recipe=masoud_cpu30 train.epochs=5`` trains 5 epochs, not 30 minutes); a layer
+    that sets both is refused."""
+    if schema is not Config:
+        return
+    for pair in ALTERNATIVES:
+        given = [key for key in pair if key in keys]
+        if len(given) == 2:
+            raise ConfigError(f"{pair[0]} and {pair[1]} are alternatives: set one of them (both set in {source})")
+        if given:
+            (other,) = [key for key in pair if key != given[0]]
+            OmegaConf.update(merged, other, OmegaConf.select(OmegaConf.structured(Config), other), merge=False)
 
 
 def _is_str_field(schema: type, dotted: str) -> bool:
@@ -596,7 +636,7 @@ def load_config(args: Sequence[str], recipes_dir: Path, schema: type = Config, d
     if recipe:
         cli = OmegaConf.merge(cli, {"recipe": Path(recipe).stem})
     layers.append(("the command line", cli))
-    return merge_config(schema, layers)
+    return merge_config(schema, layers, alternatives=True)
 
 
 def to_yaml(cfg: Any) -> str:

@@ -57,6 +57,14 @@ def plan_placement(grad_accum: int, planned_world: int, world: int) -> Placement
     return Placement(planned_world, world, total // world, grad_accum)
 
 
+def placement_for(run: RunDir, mode: str, grad_accum: int, world_size: Optional[int], world: int) -> Placement:
+    """This attempt's placement. The plan is the checkpoint's when resuming (``mode``), else
+    ``train.world_size``, else this first start's ranks."""
+    saved = read_saved_placement(run) if mode == "resume" else None
+    planned = (saved.planned_world if saved else 0) or world_size or world
+    return plan_placement(grad_accum, planned, world)
+
+
 @dataclass(frozen=True)
 class SavedPlacement:
     """What the newest checkpoint says about ranks: the plan, and how many wrote it."""

@@ -41,10 +41,10 @@ from brainmri.training.distributed import (
     plain_model,
     preparation_group,
 )
-from brainmri.training.elastic import Placement, plan_placement, read_saved_placement
+from brainmri.training.elastic import placement_for
 from brainmri.training.heartbeat import Heartbeat, describe_loss, find_quiet_rank
-from brainmri.training.optim import fast_forward
 from brainmri.training.preparation import PreparedRun, prepare_run
+from brainmri.training.schedule import Schedule
 from brainmri.training.step import Training, build_training
 
 log = logging.getLogger(__name__)
@@ -63,13 +63,17 @@ class Trainer:
         stop_event: Optional[threading.Event] = None,
         node: Optional[str] = None,
         nodes: Optional[int] = None,
+        started: Optional[float] = None,
+        slurm_seconds_left: Optional[float] = None,
     ):
         """``wandb_mode`` is ``tracking.wandb`` with ``auto`` already resolved by the caller
         (see :func:`brainmri.reporting.tracking.resolve_mode`); an unresolved ``auto`` means offline.
         ``stop_event``, set from any rank (a signal handler, say), makes all ranks stop together
         at the next step with :class:`TrainingInterrupted`. ``node``: this process's node name
         (SLURM's), for the heartbeat that names a lost rank; default the host name. ``nodes``:
-        how many nodes this attempt runs on, for the elastic resume line."""
+        how many nodes this attempt runs on, for the elastic resume line. ``started``: when the
+        command started (``time.time()``), the zero of ``train.budget``; ``slurm_seconds_left``:
+        the job's time left then, for ``train.budget=slurm``."""
         self.cfg = cfg
         self.show_progress = show_progress
         mode = wandb_mode or cfg.tracking.wandb
@@ -77,6 +81,8 @@ class Trainer:
         self.stop_event = stop_event
         self.node = node
         self.nodes = nodes
+        self.started = time.time() if started is None else started
+        self.slurm_seconds_left = slurm_seconds_left
         self.state = TrainState()
         self.heartbeat: Optional[Heartbeat] = None
         # Made by setup(); close() releases whatever setup got as far as making.
@@ -95,7 +101,9 @@ class Trainer:
         if source:
             log.info("pretrained %s weights from %s", cfg.model.name, source)
         self.prepared: PreparedRun = prepare_run(cfg, acc, prep)
-        placement = self._placement()
+        placement = placement_for(
+            self.prepared.run, self.prepared.mode, cfg.train.grad_accum, cfg.train.world_size, acc.num_processes
+        )
         acc.gradient_accumulation_steps = placement.grad_accum
         self.training: Training = build_training(cfg, acc, self.prepared.splits, self.prepared.info, prep)
         rolling = cfg.train.checkpoint_minutes > 0
@@ -103,12 +111,12 @@ class Trainer:
         label = WeightsLabel(cfg.train.select_metric, cfg.model.name, config_lib.to_yaml(cfg), self.prepared.info)
         self.checkpointer = Checkpointer(acc, self.prepared.run, label, cfg.train.keep_checkpoints)
         resumed = self.prepared.mode == "resume" and self.checkpointer.resume(self.state)
-        if resumed:
-            total = self.training.steps_per_epoch * cfg.train.epochs
-            fast_forward(self.training.step.scheduler, self.state.step, total)
         self.state.world_size = placement.planned_world
         if placement.changed and acc.is_main_process:
             log.warning("%s %s", "resumed" if resumed else "started", placement.describe(self.nodes))
+        self.schedule = Schedule(
+            acc, cfg.train, cfg.optim, self.training, self.state, self.started, self.slurm_seconds_left
+        )
         self.reporter = Reporter(
             acc,
             self.prepared.run,
@@ -127,14 +135,6 @@ class Trainer:
             self.reporter.start(self.prepared.splits, self.prepared.info, cfg.data, cfg.augment, cfg.seed)
         self._checkpointed_at = time.perf_counter()
         self._checkpointed = (self.state.epoch, self.state.batches)  # the position on disk already
-
-    def _placement(self) -> Placement:
-        """The accumulation for this attempt's ranks: the plan is the checkpoint's when
-        resuming, else ``train.world_size``, else the ranks of this first start."""
-        world = self.accelerator.num_processes
-        saved = read_saved_placement(self.prepared.run) if self.prepared.mode == "resume" else None
-        planned = (saved.planned_world if saved else 0) or self.cfg.train.world_size or world
-        return plan_placement(self.cfg.train.grad_accum, planned, world)
 
     @property
     def model(self) -> nn.Module:
@@ -155,7 +155,8 @@ class Trainer:
         if done and self.checkpointer.resumed_rows is not None:
             buffer.add_rows(self.checkpointer.resumed_rows)
         batches = acc.skip_first_batches(loader, done) if done else loader
-        with self.reporter.epoch_progress(epoch, self.cfg.train.epochs, len(loader) - done) as meter:
+        self.schedule.new_epoch()
+        with self.reporter.epoch_progress(epoch, self.schedule.epochs, len(loader) - done) as meter:
             for images, targets, index in batches:
                 self._between_steps(buffer, seconds_before + time.perf_counter() - meter.start)
                 out = step(images, targets)
@@ -164,6 +165,7 @@ class Trainer:
                 if self.heartbeat is not None:
                     self.heartbeat.step(self.state.step)
                 buffer.add(index, out.logits, targets, out.per_sample)
+                self.schedule.after_step()
                 meter.add(len(targets))
                 self.reporter.step(meter, self.state.step, out.stepped, out.loss, step.lr)
         seconds = seconds_before + time.perf_counter() - meter.start
@@ -235,6 +237,7 @@ class Trainer:
         )
         if self.state.finish_epoch(record, self.cfg.train.select_metric):
             self.checkpointer.write_best(self.model, self.state)
+        self.state.used_seconds = self.schedule.used_seconds()
         self.checkpointer.save(self.state)
         self._checkpointed_at, self._checkpointed = time.perf_counter(), (self.state.epoch, 0)
         return record
@@ -261,6 +264,7 @@ class Trainer:
             mixed_precision=self.accelerator.mixed_precision,
             best_val=best.val_metrics(),
             tta=tta,
+            budget=self.state.plan,
         )
         if self.training.test_loader is not None:
             predictions = self.predict(self.training.test_loader, tta)
@@ -269,6 +273,7 @@ class Trainer:
             if calibration is not None:
                 metrics.update(calibrated_metrics(predictions, calibration, "test"))
             results.test = metrics
+        results.wall_seconds = self.schedule.used_seconds()
         self.checkpointer.write_results(results)
         return results
 
@@ -287,12 +292,13 @@ class Trainer:
         """Train every remaining epoch, then test the best model."""
         try:
             self.setup()
-            for epoch in range(self.state.epoch, self.cfg.train.epochs):
-                started, lr = time.perf_counter(), self.training.step.lr
+            while self.state.epoch < self.schedule.epochs:
+                epoch, started, lr = self.state.epoch, time.perf_counter(), self.training.step.lr
                 train = self.train_epoch(epoch)
                 val = self.evaluate(self.training.val_loader, "val") if self.training.val_loader is not None else None
                 record = self.finish_epoch(epoch, train, val, lr, started)
-                self.reporter.epoch(record, self.state.history, self.state.best_epoch, self.cfg.train.epochs)
+                self.reporter.epoch(record, self.state.history, self.state.best_epoch, self.schedule.epochs)
+                self.schedule.after_epoch(time.perf_counter() - started)
             results = self.test()
             self.reporter.end(results, self.state.history)
             self.reporter.gradcam(self._plain_model(), self.prepared.splits, self.prepared.info)
@@ -332,21 +338,9 @@ class Trainer:
         due = minutes > 0 and time.perf_counter() - self._checkpointed_at >= 60 * minutes
         stop, save = self.stop.poll(due)
         if (stop or save) and state.batches and self._checkpointed != (state.epoch, state.batches):
-            state.epoch_seconds = seconds
-            started = time.perf_counter()
-            path = self.checkpointer.save(state, buffer.gather_rows(self.accelerator))
+            state.epoch_seconds, state.used_seconds = seconds, self.schedule.used_seconds()
+            self.checkpointer.save(state, buffer.gather_rows(self.accelerator))
             self._checkpointed_at, self._checkpointed = time.perf_counter(), (state.epoch, state.batches)
-            if self.accelerator.is_main_process:
-                size = sum(f.stat().st_size for f in path.iterdir() if f.is_file()) / 2**20
-                where = f"batch {state.batches} of epoch {state.epoch + 1}"
-                log.info(
-                    "checkpoint at step %d (%s): %.1f MB in %.2f s, %s",
-                    state.step,
-                    where,
-                    size,
-                    self._checkpointed_at - started,
-                    path,
-                )
         if stop:
             where = (
                 f"batch {state.batches} of epoch {state.epoch + 1}"

@@ -476,3 +476,35 @@ def test_compiled_ddp_run_writes_weights_that_evaluate_loads(tmp_path):
         )
     )
     assert predicted.returncode == 0, predicted.stderr[-2000:]
+
+
+def test_a_wall_clock_budget_plans_the_epochs_lays_the_schedule_over_them_and_ends_on_time(tmp_path):
+    """train.budget=40s on the demo: the plan's epochs are the epochs trained, the one-cycle
+    schedule ends with them (its last learning rate near zero), and results.json arrives
+    within the budget, with the tolerance a shared 2-core machine needs."""
+    out = tmp_path / "budget"
+    proc = run_script(
+        python(
+            TRAIN,
+            "recipe=demo",
+            "train.budget=40s",
+            "data.image_size=64",
+            f"output_dir={out}",
+            "tracking.wandb=disabled",
+        ),
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "planned: budget 40s: step" in proc.stderr + proc.stdout
+    results = json.loads((out / "results.json").read_text())
+    plan = results["budget"]
+    history = read_jsonl(out / "metrics.jsonl")
+    assert plan["budget"] == "40s" and plan["epochs"] == len(history) >= 2
+    assert results["wall_seconds"] <= 40 * 1.25, results["wall_seconds"]
+    state = json.loads((out / "checkpoints" / f"epoch_{len(history):04d}" / "train_state.json").read_text())
+    assert state["plan"] == plan and state["used_seconds"] > 0
+    # One-cycle over exactly the planned steps (128 training images, batch 8: 16 a epoch), rising
+    # from its start (lr/25) and, at the last epoch's start, already on its way down.
+    assert state["step"] == 16 * plan["epochs"]
+    lrs = [r["lr"] for r in history]
+    assert lrs[0] == pytest.approx(1e-3 / 25, rel=0.05) and lrs[-1] < 0.95e-3

@@ -312,6 +312,24 @@ def test_an_elastic_job_loses_a_node_and_finishes_on_the_other_with_the_same_glo
     assert state["step"] == 6 * steps_per_epoch and state["world_size"] == 2 and state["ranks"] == 1
 
 
+def test_a_slurm_budget_plans_from_the_jobs_own_time_left_and_ends_before_its_warning(tmp_path):
+    """train.budget=slurm inside a 3-minute job: the window is squeue's time left less submitit's
+    90 s USR2 warning, and the run ends (results.json) before that warning would stop it."""
+    out = tmp_path / "run"
+    settings = ["slurm.tasks_per_node=1", "slurm.gpus_per_node=0", "slurm.cpus_per_task=1", "slurm.timeout_min=3"]
+    proc = run_script(
+        python(SUBMIT, "recipe=demo", f"output_dir={out}", *settings, "train.budget=slurm", *SMALL, "--wait"),
+        timeout=400,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    plan = results["budget"]
+    assert plan["budget"] == "slurm" and 0 < plan["seconds"] < 180 - 90
+    assert results["wall_seconds"] < 180 - 90
+    jid = job_id(proc.stdout)
+    assert "stop requested" not in (out / "slurm" / f"{jid}_0_log.out").read_text()
+
+
 def test_sweep_of_two_node_trials_one_array_then_nothing_then_status_then_only_the_unfinished(tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = python(SWEEP, "sweep=demo", f"output_dir={sweep_dir}", "tracking.wandb=disabled")
