@@ -348,6 +348,15 @@ def test_bench_writes_json_with_positive_numbers(tmp_path):
     assert result["cpu_native_bf16"] is cpu_has_native_bf16() and result["cpu"]
     assert result["device"].startswith("cpu") and result["cache_on_device"] is True
     assert result["steps"] == 2 and result["rounds"] == 2
+    # ResNet18 at 64 px, one channel: about 0.84 GFLOP a training image (forward x 3).
+    assert 0.6 < result["train_gflop_per_image"] < 1.1
+    for pipeline in ("cached", "pil"):
+        rates = result[pipeline]
+        assert rates["train_tflops"] == pytest.approx(
+            result["train_gflop_per_image"] * rates["train_img_s"] / 1e3, rel=0.02
+        )
+        if result["peak_tflops"] is not None:
+            assert 0 < rates["fraction_of_peak"] < 1
     assert list(tmp_path.iterdir()) == []  # the benchmark's scratch cache is removed
 
 
