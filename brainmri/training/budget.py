@@ -211,9 +211,11 @@ class Budget:
         if plan is None or epochs_done >= plan.epochs:
             return None
         left = self.clock.left()
-        if projected_seconds(plan, epochs_done, epoch_seconds) <= left:
+        if projected_seconds(plan, epochs_done, epoch_seconds) <= left * SAFETY:
             return None
-        fit = math.floor((left * SAFETY - plan.reserve_seconds) / epoch_seconds)
+        fit = epochs_done + max(0, math.floor((left * SAFETY - plan.reserve_seconds) / epoch_seconds))
+        if fit >= plan.epochs:
+            return None
         step = plan.step_seconds * epoch_seconds / plan.epoch_seconds
         return BudgetPlan(
             budget=plan.budget,
@@ -221,7 +223,7 @@ class Budget:
             step_seconds=step,
             epoch_seconds=epoch_seconds,
             reserve_seconds=plan.reserve_seconds,
-            epochs=epochs_done + max(0, fit),
+            epochs=fit,
             planned_after=epochs_done,
             replans=plan.replans + 1,
         )
