@@ -97,7 +97,9 @@ class AugmentConfig:
     translate: Optional[float] = None  # max fraction of the image, both axes
     degrees: Optional[float] = None  # max rotation
     brightness: Optional[List[float]] = None  # [min, max] factor
-    normalize: Optional[str] = None  # half (mean=std=0.5) | dataset (train split stats) | imagenet
+    # half (mean=std=0.5) | dataset (train split stats) | imagenet | zscore (per image, over its
+    # foreground) | percentile (per image, 1st-99th percentile to [-1, 1]); see brainmri.data.intensity
+    normalize: Optional[str] = None
 
     def __post_init__(self) -> None:
         _choice("augment.preset", self.preset, ("resnet_study", "cnn_study", "none"))
@@ -113,7 +115,7 @@ class AugmentConfig:
             b = list(self.brightness)
             _check(len(b) == 2 and 0 <= b[0] <= b[1], "augment.brightness", "[min, max] with 0 <= min <= max", b)
         if self.normalize is not None:
-            _choice("augment.normalize", self.normalize, ("half", "dataset", "imagenet"))
+            _choice("augment.normalize", self.normalize, ("half", "dataset", "imagenet", "zscore", "percentile"))
 
 
 @dataclass

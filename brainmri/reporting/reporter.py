@@ -218,7 +218,9 @@ class Reporter:
         )
 
     @main_only
-    def gradcam(self, model: nn.Module, splits: DatasetSplits, info: DatasetInfo) -> None:
+    def gradcam(
+        self, model: nn.Module, splits: DatasetSplits, info: DatasetInfo, normalize: Optional[str] = None
+    ) -> None:
         """Grad-CAM overlays of a fixed set of validation images (the first of each class;
         test images for a run without validation).
 
@@ -242,6 +244,7 @@ class Reporter:
             info.mean,
             info.std,
             self.accelerator.device,
+            normalize,
         )
         figures.save_figure(figures.cam_grid(tiles, info.class_names), path)
         self.tracker.log_figure("results/gradcam", path)
