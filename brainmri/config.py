@@ -97,6 +97,14 @@ class AugmentConfig:
     translate: Optional[float] = None  # max fraction of the image, both axes
     degrees: Optional[float] = None  # max rotation
     brightness: Optional[List[float]] = None  # [min, max] factor
+    # Intensity and resolution, per sample, cached pipeline only (brainmri.data.batch_augment);
+    # every preset leaves them off.
+    gamma: Optional[List[float]] = None  # [min, max] exponent of x ** gamma (x in [0, 1])
+    contrast: Optional[List[float]] = None  # [min, max] factor around each image's own mean
+    bias_field: Optional[float] = None  # max |coefficient| of a smooth multiplicative field (degree 3)
+    noise: Optional[float] = None  # max std of additive Gaussian noise (x in [0, 1])
+    blur: Optional[List[float]] = None  # [min, max] Gaussian sigma in pixels
+    downsample: Optional[float] = None  # max factor of a down-then-up resampling (drawn in [1, max])
     # half (mean=std=0.5) | dataset (train split stats) | imagenet | zscore (per image, over its
     # foreground) | percentile (per image, 1st-99th percentile to [-1, 1]); see brainmri.data.intensity
     normalize: Optional[str] = None
@@ -114,6 +122,18 @@ class AugmentConfig:
         if self.brightness is not None:
             b = list(self.brightness)
             _check(len(b) == 2 and 0 <= b[0] <= b[1], "augment.brightness", "[min, max] with 0 <= min <= max", b)
+        for key, low in (("gamma", 0.0), ("contrast", 0.0), ("blur", 0.0)):
+            r = getattr(self, key)
+            if r is not None:
+                r = list(r)
+                ok = len(r) == 2 and low <= r[0] <= r[1] and (key != "gamma" or r[0] > 0)
+                _check(ok, f"augment.{key}", f"[min, max] with {'0 <' if key == 'gamma' else '0 <='} min <= max", r)
+        if self.blur is not None:
+            _check(self.blur[1] <= 4.0, "augment.blur", "sigmas of at most 4 pixels", list(self.blur))
+        for key, low, high in (("bias_field", 0.0, 1.0), ("noise", 0.0, 1.0), ("downsample", 1.0, 4.0)):
+            v = getattr(self, key)
+            if v is not None:
+                _check(low <= v <= high, f"augment.{key}", f"a number in [{low:g}, {high:g}]", v)
         if self.normalize is not None:
             _choice("augment.normalize", self.normalize, ("half", "dataset", "imagenet", "zscore", "percentile"))
 
@@ -323,6 +343,14 @@ class Config:
             raise ConfigError(
                 f"model.in_chans={self.model.in_chans} disagrees with data.channels={self.data.channels}: "
                 "set only data.channels"
+            )
+        intensity = [
+            k for k in ("gamma", "contrast", "bias_field", "noise", "blur", "downsample") if getattr(self.augment, k)
+        ]
+        if intensity and self.data.pipeline != "cached":
+            raise ConfigError(
+                f"augment.{intensity[0]} runs on the batched path only: set data.pipeline=cached "
+                f"(data.pipeline={self.data.pipeline})"
             )
         if not self.has_validation and self.train.select_metric != "last":
             raise ConfigError(

@@ -38,6 +38,13 @@ class AugmentParams:
     degrees: float
     brightness: Optional[tuple[float, float]]
     normalize: str
+    # intensity and resolution (the batched path only; brainmri.data.batch_augment): off in every preset
+    gamma: Optional[tuple[float, float]] = None
+    contrast: Optional[tuple[float, float]] = None
+    bias_field: float = 0.0
+    noise: float = 0.0
+    blur: Optional[tuple[float, float]] = None
+    downsample: float = 1.0
 
 
 PRESETS: dict[str, AugmentParams] = {
@@ -55,7 +62,7 @@ def resolve_augment(cfg: AugmentConfig) -> AugmentParams:
     for key in base:
         value = getattr(cfg, key)
         if value is not None:
-            base[key] = tuple(value) if key == "brightness" else value
+            base[key] = tuple(value) if key in ("brightness", "gamma", "contrast", "blur") else value
     return AugmentParams(**base)
 
 
