@@ -393,6 +393,7 @@ class EvalConfig:
     split: str = "test"  # test | val (the run's own split.csv)
     tta: str = "auto"  # auto: the run's own train.tta | none | hflip (average the logits of the image and its mirror)
     batch_size: int = 64
+    robustness: bool = False  # evaluate.py: accuracy on corrupted copies of the split (docs/robustness.md)
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
 
     def __post_init__(self) -> None:

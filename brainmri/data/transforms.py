@@ -115,6 +115,17 @@ def build_eval_transform(
     return v2.Compose(_to_tensor(image_size) + _normalize(normalize, mean, std))
 
 
+def resized_transform(image_size: int) -> v2.Compose:
+    """Resize only, uint8: the evaluation transform's first half (the rest is :func:`to_float`
+    and the normalization), for images decoded once and changed in memory before scoring."""
+    return v2.Compose(_to_tensor(image_size))
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 to [0, 1] floats exactly as the evaluation transform does it."""
+    return v2.ToDtype(torch.float32, scale=True)(images)
+
+
 def unnormalized_transform(image_size: int) -> v2.Compose:
     """Resize only, values in [0, 1]: what dataset statistics are measured on."""
     return v2.Compose(_to_tensor(image_size) + [v2.ToDtype(torch.float32, scale=True)])

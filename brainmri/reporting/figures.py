@@ -308,6 +308,35 @@ def cv_errorbars(axes: dict[str, list[tuple[object, float, float, int]]], metric
     return fig
 
 
+def robustness_curves(
+    accuracy: dict[str, Sequence[float]], clean: float, worst: tuple[str, int, float], title: str
+) -> Figure:
+    """Accuracy against severity (0 = clean, then 1..5), one line per corruption; the worst
+    condition marked. ``accuracy``: corruption -> accuracy at each severity."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(8, 4.8))
+        colors = plt.get_cmap("tab10")
+        for i, (name, values) in enumerate(accuracy.items()):
+            ax.plot(range(len(values) + 1), [clean, *values], marker="o", ms=4, label=name, color=colors(i % 10))
+        name, severity, acc = worst
+        ax.annotate(
+            f"worst: {name} {severity}\n{acc:.1%} ({acc - clean:+.1%})",
+            (severity, acc),
+            xytext=(10, -4),
+            textcoords="offset points",
+            fontsize=9,
+        )
+        ax.axhline(clean, color="grey", lw=0.8, ls="--")
+        ax.set_xticks(range(6), ["clean", "1", "2", "3", "4", "5"])
+        ax.set_xlabel("severity")
+        ax.set_ylabel("accuracy")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+        ax.set_title(title)
+        ax.legend(frameon=False, fontsize=9, ncol=2)
+        fig.tight_layout()
+        return fig
+
+
 def label_issue_grid(images: Sequence[np.ndarray], captions: Sequence[str], title: str, cols: int = 6) -> Figure:
     """The top label suspects, each captioned "given → suggested (p)", for a radiologist to look at."""
     rows = max(1, -(-len(images) // cols))
