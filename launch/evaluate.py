@@ -20,6 +20,7 @@ Exit codes: 0 done, 2 bad input (one line on stderr).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from brainmri.evaluation.report import evaluation_figures
 from brainmri.evaluation.robustness import write_robustness
 from brainmri.evaluation.trained import TrainedModel, evaluate, load_models, resolve_tta, split_samples
 from brainmri.reporting.console import console, print_metrics, setup_logging
+from brainmri.reporting.tracking import resolve_mode
 from brainmri.rundir import atomic_write_json
 
 RECIPES = shell.recipes_beside(__file__)
@@ -46,7 +48,8 @@ def command(args: shell.Args) -> int:
     folder = report_folder(cfg.run, trained) if ensemble else trained.run("writing the report").path
     if cfg.robustness:
         samples = splits.test if cfg.split == "test" else splits.val
-        written = write_robustness(models, splits.root, samples, cfg.split, cfg.tta, cfg.batch_size, folder)
+        mode = resolve_mode(trained.cfg.tracking.wandb, os.environ)
+        written = write_robustness(models, splits.root, samples, cfg.split, cfg.tta, cfg.batch_size, folder, mode)
         console.print(f"wrote {', '.join(map(str, written))}")
         return 0
     result = evaluate(models, splits, cfg.split, cfg.tta, cfg.batch_size)

@@ -14,11 +14,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader
 
+from brainmri.config import TrackingConfig
 from brainmri.data.corruptions import CORRUPTIONS, SEVERITIES, Corruption
 from brainmri.data.dataset import ImageDataset
 from brainmri.data.loaders import auto_workers
@@ -26,6 +27,7 @@ from brainmri.data.samples import Sample
 from brainmri.data.transforms import resized_transform, to_float
 from brainmri.errors import DatasetError
 from brainmri.evaluation.trained import TrainedModel, predict_probs, resolve_tta
+from brainmri.reporting.tracking import SummaryRun, log_summary
 from brainmri.rundir import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -200,9 +202,11 @@ def write_robustness(
     tta: str,
     batch_size: int,
     folder: Path,
+    wandb_mode: str = "disabled",
 ) -> list[Path]:
     """Score, print the table, write ``robustness_<split>.json`` (``_ensemble`` for several
-    runs) into ``folder`` and its figure into ``folder/figures``; returns both paths."""
+    runs) into ``folder`` and its figure into ``folder/figures``, and with ``wandb_mode``
+    not disabled log the same to W&B (the first run's ``tracking`` settings); returns both paths."""
     report = robustness(models, root, samples, split, tta, batch_size)
     ensemble = len(models) > 1
     stem = f"robustness_{split}_ensemble" if ensemble else f"robustness_{split}"
@@ -214,4 +218,37 @@ def write_robustness(
     out = folder / f"{stem}.json"
     atomic_write_json(out, report.to_json(weights, tta_used[0] if len(tta_used) == 1 else tta_used, root))
     png = robustness_figure(report, folder / "figures" / f"{stem}.png", f"Accuracy under corruption ({split})")
+    upload = log_robustness(report, models[0].cfg.tracking, wandb_mode, folder, stem, png)
+    if upload:
+        log.info("W&B (offline): upload with: %s", upload)
     return [out, png]
+
+
+def log_robustness(
+    report: RobustnessReport, tracking: TrackingConfig, mode: str, folder: Path, stem: str, png: Path
+) -> Optional[str]:
+    """The figure, the table and the summary numbers into the W&B run of ``folder`` (a run
+    directory's own W&B run, joined by its id), offline-first and never fatal; logged once
+    per content. Returns the upload command for an offline run."""
+    columns = ["corruption", "parameter", *map(str, SEVERITIES), "mean"]
+    rows = [
+        [c.name, c.parameter, *report.accuracy[c.name], sum(report.accuracy[c.name]) / len(SEVERITIES)]
+        for c in report.corruptions
+    ]
+    name, severity, acc = report.worst
+    key = stem.replace("robustness_", "robustness/")
+    summary = {
+        f"{key}/clean_acc": report.clean,
+        f"{key}/mean_corruption_acc": report.mean_corruption_accuracy,
+        f"{key}/worst_drop": report.clean - acc,
+        **{f"{key}/{c.name}/{s}": report.accuracy[c.name][s - 1] for c in report.corruptions for s in SEVERITIES},
+    }
+    run = SummaryRun(
+        tracking.name or folder.name,
+        tracking.group,
+        None,
+        f"{key}/table",
+        f"wandb_{stem}.json",
+        "the robustness report",
+    )
+    return log_summary(tracking, mode, folder, run, {f"{key}/figure": png}, columns, rows, summary)

@@ -60,3 +60,31 @@ def test_per_image_normalization_makes_the_contrast_corruption_harmless(demo_spl
     assert fixed.accuracy["contrast"] != [fixed.clean] * 5
     invariant = robustness(linear_model(kind), DEMO, demo_splits.test, "test", "none", 16, contrast)
     assert invariant.accuracy["contrast"] == [invariant.clean] * 5
+
+
+def test_wandb_gets_the_figure_table_and_numbers_in_the_runs_own_wandb_run(tmp_path, monkeypatch):
+    from brainmri.config import TrackingConfig
+    from brainmri.evaluation.robustness import RobustnessReport, log_robustness
+    from tests.wandb_records import summarize, wait_for_exit_record
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    (tmp_path / "wandb_id.txt").write_text("trainrun\n")  # the id the training run's Tracker kept
+    accuracy = {c.name: [0.9, 0.8, 0.7, 0.6, 0.5] for c in CORRUPTIONS}
+    accuracy["jpeg"] = [0.95, 0.9, 0.9, 0.85, 0.4]
+    report = RobustnessReport("test", 40, 0.95, accuracy)
+    png = tmp_path / "figures" / "robustness_test.png"
+    from brainmri.evaluation.robustness import robustness_figure
+
+    robustness_figure(report, png, "t")
+    upload = log_robustness(report, TrackingConfig(), "offline", tmp_path, "robustness_test", png)
+    assert upload == f"wandb sync {tmp_path / 'wandb'}/offline-run-*"
+    (offline,) = (tmp_path / "wandb").glob("offline-run-*")
+    run_file = next(offline.glob("run-*.wandb"))
+    wait_for_exit_record(run_file)
+    data = summarize(run_file)
+    assert data["run_ids"] == {"trainrun"}
+    summary = data["summary"]
+    assert summary["robustness/test/clean_acc"] == 0.95 and summary["robustness/test/worst_drop"] == pytest.approx(0.55)
+    assert summary["robustness/test/jpeg/5"] == 0.4 and summary["robustness/test/table/_type"] == "table-file"
+    assert summary["robustness/test/figure/_type"] == "image-file"
+    assert log_robustness(report, TrackingConfig(), "disabled", tmp_path / "x", "robustness_test", png) is None
