@@ -158,6 +158,11 @@ def robustness(
     return RobustnessReport(split, len(samples), clean, table, corruptions)
 
 
+def _points(difference: float) -> str:
+    """A difference of accuracies in percentage points."""
+    return f"{100 * difference:+.1f} pt"
+
+
 def print_report(report: RobustnessReport, title: str) -> None:
     """A rich table: one row per corruption, accuracy per severity and its mean; the summary below."""
     from rich.table import Table
@@ -177,13 +182,14 @@ def print_report(report: RobustnessReport, title: str) -> None:
         ]
         mean = sum(row) / len(row)
         levels = ", ".join(f"{v:g}" for v in c.levels)
-        table.add_row(c.name, f"{c.parameter} {levels}", *cells, f"{mean:.1%}", f"{mean - report.clean:+.1%}")
+        table.add_row(c.name, f"{c.parameter} {levels}", *cells, f"{mean:.1%}", _points(mean - report.clean))
     console.print(table)
     name, severity, acc = report.worst
+    mean = report.mean_corruption_accuracy
     console.print(
         f"clean [bold]{report.clean:.1%}[/bold]; mean corruption accuracy "
-        f"[bold]{report.mean_corruption_accuracy:.1%}[/bold] ({report.mean_corruption_accuracy - report.clean:+.1%}); "
-        f"worst: {name} at severity {severity}, [bold]{acc:.1%}[/bold] ({acc - report.clean:+.1%})"
+        f"[bold]{mean:.1%}[/bold] ({_points(mean - report.clean)}); "
+        f"worst: {name} at severity {severity}, [bold]{acc:.1%}[/bold] ({_points(acc - report.clean)})"
     )
 
 
