@@ -105,6 +105,7 @@ class AugmentConfig:
     noise: Optional[float] = None  # max std of additive Gaussian noise (x in [0, 1])
     blur: Optional[List[float]] = None  # [min, max] Gaussian sigma in pixels
     downsample: Optional[float] = None  # max factor of a down-then-up resampling (drawn in [1, max])
+    intensity_p: Optional[float] = None  # probability that each step above applies to a sample (default 1)
     # half (mean=std=0.5) | dataset (train split stats) | imagenet | zscore (per image, over its
     # foreground) | percentile (per image, 1st-99th percentile to [-1, 1]); see brainmri.data.intensity
     normalize: Optional[str] = None
@@ -130,7 +131,12 @@ class AugmentConfig:
                 _check(ok, f"augment.{key}", f"[min, max] with {'0 <' if key == 'gamma' else '0 <='} min <= max", r)
         if self.blur is not None:
             _check(self.blur[1] <= 4.0, "augment.blur", "sigmas of at most 4 pixels", list(self.blur))
-        for key, low, high in (("bias_field", 0.0, 1.0), ("noise", 0.0, 1.0), ("downsample", 1.0, 4.0)):
+        for key, low, high in (
+            ("bias_field", 0.0, 1.0),
+            ("noise", 0.0, 1.0),
+            ("downsample", 1.0, 4.0),
+            ("intensity_p", 0.0, 1.0),
+        ):
             v = getattr(self, key)
             if v is not None:
                 _check(low <= v <= high, f"augment.{key}", f"a number in [{low:g}, {high:g}]", v)

@@ -22,8 +22,10 @@ values, after the affine step and before brightness), each with its own paramete
 - contrast: ``m + c * (x - m)`` around each image's own mean m, c uniform in
   [contrast min, contrast max].
 
-Each result is clamped to [0, 1]; a range of (1, 1) (gamma, contrast) or 0 (the others)
-leaves the image as it is.
+Each step applies to each sample with probability ``intensity_p`` (as MONAI's ``prob``;
+the others keep the image as it is, so the model also sees clean ones). Each result is
+clamped to [0, 1]; a range of (1, 1) (gamma, contrast) or 0 (the others) leaves the image
+as it is.
 
 Why not kornia.augmentation: measured on an H200 (ResNet18, 224 px, batch 64, bf16), its
 per-batch parameter sampling and host-device traffic cost as much time as the training
@@ -174,21 +176,32 @@ def down_up(x: torch.Tensor, factor: torch.Tensor, max_factor: float) -> torch.T
     )
 
 
+def _draw(shape: tuple[int, ...], lo: float, hi: float, identity: float, prob: float, device) -> torch.Tensor:
+    """Parameters uniform in [lo, hi], one row per sample; with ``prob`` < 1, each sample's
+    row is the step's ``identity`` value unless its own coin (drawn after the values) says apply."""
+    values = _uniform(math.prod(shape), lo, hi, device).view(shape)
+    if prob >= 1.0:
+        return values
+    apply = (torch.rand(shape[0], device=device) < prob).view(-1, *([1] * (len(shape) - 1)))
+    return torch.where(apply, values, torch.full_like(values, identity))
+
+
 def random_intensity(x: torch.Tensor, p: AugmentParams) -> torch.Tensor:
-    """The intensity and resolution steps that ``p`` turns on, on a [0, 1] float batch."""
-    b, dev = x.shape[0], x.device
+    """The intensity and resolution steps that ``p`` turns on, on a [0, 1] float batch; each
+    step applies to each sample with probability ``p.intensity_p``."""
+    b, dev, q = x.shape[0], x.device, p.intensity_p
     if p.bias_field > 0:
-        x = bias_field(x, _uniform(b * 9, -p.bias_field, p.bias_field, dev).view(b, 9))
+        x = bias_field(x, _draw((b, 9), -p.bias_field, p.bias_field, 0.0, q, dev))
     if p.downsample > 1:
-        x = down_up(x, _uniform(b, 1.0, p.downsample, dev), p.downsample)
+        x = down_up(x, _draw((b,), 1.0, p.downsample, 1.0, q, dev), p.downsample)
     if p.blur is not None and p.blur[1] > 0:
-        x = gaussian_blur(x, _uniform(b, *p.blur, dev), p.blur[1])
+        x = gaussian_blur(x, _draw((b,), *p.blur, 0.0, q, dev), p.blur[1])
     if p.noise > 0:
-        x = gaussian_noise(x, _uniform(b, 0.0, p.noise, dev))
+        x = gaussian_noise(x, _draw((b,), 0.0, p.noise, 0.0, q, dev))
     if p.gamma is not None and tuple(p.gamma) != (1.0, 1.0):
-        x = gamma(x, _uniform(b, *p.gamma, dev))
+        x = gamma(x, _draw((b,), *p.gamma, 1.0, q, dev))
     if p.contrast is not None and tuple(p.contrast) != (1.0, 1.0):
-        x = contrast(x, _uniform(b, *p.contrast, dev))
+        x = contrast(x, _draw((b,), *p.contrast, 1.0, q, dev))
     return x
 
 

@@ -45,6 +45,7 @@ class AugmentParams:
     noise: float = 0.0
     blur: Optional[tuple[float, float]] = None
     downsample: float = 1.0
+    intensity_p: float = 1.0  # probability that each of those steps applies to a sample
 
 
 PRESETS: dict[str, AugmentParams] = {

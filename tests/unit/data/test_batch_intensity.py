@@ -106,6 +106,18 @@ def test_down_up_factors_are_drawn_uniform_in_one_to_max():
     assert_uniform(factors, 1.0, 3.0, 0.01)
 
 
+@pytest.mark.parametrize("prob", [0.0, 0.3, 1.0])
+def test_each_step_applies_to_a_sample_with_the_set_probability(prob):
+    """intensity_p: the chosen samples get a parameter from the range, the others stay as they were."""
+    torch.manual_seed(0)
+    for step in (dict(gamma=[0.5, 0.6]), dict(downsample=3.0), dict(bias_field=0.2), dict(blur=[1.0, 2.0])):
+        x = torch.rand(N, 1, 16, 16) * 0.5 + 0.25
+        out = random_intensity(x, only(intensity_p=prob, **step))
+        changed = (out - x).abs().amax(dim=(1, 2, 3)) > 1e-4
+        assert float(changed.float().mean()) == pytest.approx(prob, abs=0.05), step
+        assert torch.allclose(out[~changed], x[~changed], atol=1e-4)
+
+
 def test_zero_strength_is_the_identity():
     torch.manual_seed(0)
     x = torch.rand(4, 3, 24, 24)
