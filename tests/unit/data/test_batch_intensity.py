@@ -158,3 +158,20 @@ def test_intensity_settings_are_checked():
         AugmentConfig(downsample=5.0)
     with pytest.raises(ConfigError, match="augment.contrast runs on the batched path only: set data.pipeline=cached"):
         Config(data=DataConfig(pipeline="pil"), augment=AugmentConfig(contrast=[0.5, 1.0]))
+
+
+def test_the_per_sample_steps_equal_torchvisions_functionals_for_each_sample():
+    """gamma, contrast (on grey images) and blur are torchvision's adjust_gamma, adjust_contrast
+    and gaussian_blur, each sample with its own parameter."""
+    from torchvision.transforms.v2 import functional as TF
+
+    torch.manual_seed(0)
+    x = gaussian_blur(torch.rand(3, 1, 24, 24), torch.full((3,), 0.7), 0.7)
+    g, c, s = torch.tensor([0.5, 1.0, 2.2]), torch.tensor([0.3, 1.0, 1.6]), torch.tensor([0.6, 1.2, 2.0])
+    radius = 6  # ceil(3 * 2.0)
+    for i in range(3):
+        assert torch.allclose(gamma(x, g)[i], TF.adjust_gamma(x[i], float(g[i])), atol=1e-6)
+        assert torch.allclose(contrast(x, c)[i], TF.adjust_contrast(x[i], float(c[i])), atol=1e-5)
+        ours = gaussian_blur(x, s, 2.0)[i]
+        theirs = TF.gaussian_blur(x[i], [2 * radius + 1] * 2, [float(s[i])] * 2)
+        assert torch.allclose(ours, theirs, atol=1e-5)

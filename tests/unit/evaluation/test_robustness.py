@@ -58,8 +58,12 @@ def test_per_image_normalization_makes_the_contrast_corruption_harmless(demo_spl
     contrast = [c for c in CORRUPTIONS if c.name == "contrast"]
     fixed = robustness(linear_model("half"), DEMO, demo_splits.test, "test", "none", 16, contrast)
     assert fixed.accuracy["contrast"] != [fixed.clean] * 5
-    invariant = robustness(linear_model(kind), DEMO, demo_splits.test, "test", "none", 16, contrast)
+    trained = linear_model(kind)
+    invariant = robustness(trained, DEMO, demo_splits.test, "test", "none", 16, contrast)
     assert invariant.accuracy["contrast"] == [invariant.clean] * 5
+    # evaluation's per-image transform (TrainedModel.transform) normalizes as the report's batches do
+    evaluation = evaluate(trained, demo_splits, "test", tta="none", batch_size=16)
+    assert invariant.clean == pytest.approx(evaluation.metrics["test/acc"], abs=1e-9)
 
 
 def test_wandb_gets_the_figure_table_and_numbers_in_the_runs_own_wandb_run(tmp_path, monkeypatch):
