@@ -92,3 +92,9 @@ def test_wandb_gets_the_figure_table_and_numbers_in_the_runs_own_wandb_run(tmp_p
     assert summary["robustness/test/jpeg/5"] == 0.4 and summary["robustness/test/table/_type"] == "table-file"
     assert summary["robustness/test/figure/_type"] == "image-file"
     assert log_robustness(report, TrackingConfig(), "disabled", tmp_path / "x", "robustness_test", png) is None
+
+
+def test_an_ensemble_of_one_model_twice_scores_as_the_model(demo_splits):
+    single = robustness(linear_model("half"), DEMO, demo_splits.test, "test", "none", 16, CORRUPTIONS[:2])
+    pair = robustness([linear_model("half")] * 2, DEMO, demo_splits.test, "test", "none", 16, CORRUPTIONS[:2])
+    assert pair.clean == single.clean and pair.accuracy == single.accuracy
