@@ -117,7 +117,18 @@ class AugmentConfig:
     translate: Optional[float] = None  # max fraction of the image, both axes
     degrees: Optional[float] = None  # max rotation
     brightness: Optional[List[float]] = None  # [min, max] factor
-    normalize: Optional[str] = None  # half (mean=std=0.5) | dataset (train split stats) | imagenet
+    # Intensity and resolution, per sample, cached pipeline only (brainmri.data.batch_augment);
+    # every preset leaves them off.
+    gamma: Optional[List[float]] = None  # [min, max] exponent of x ** gamma (x in [0, 1])
+    contrast: Optional[List[float]] = None  # [min, max] factor around each image's own mean
+    bias_field: Optional[float] = None  # max |coefficient| of a smooth multiplicative field (degree 3)
+    noise: Optional[float] = None  # max std of additive Gaussian noise (x in [0, 1])
+    blur: Optional[List[float]] = None  # [min, max] Gaussian sigma in pixels
+    downsample: Optional[float] = None  # max factor of a down-then-up resampling (drawn in [1, max])
+    intensity_p: Optional[float] = None  # probability that each step above applies to a sample (default 1)
+    # half (mean=std=0.5) | dataset (train split stats) | imagenet | zscore (per image, over its
+    # foreground) | percentile (per image, 1st-99th percentile to [-1, 1]); see brainmri.data.intensity
+    normalize: Optional[str] = None
 
     def __post_init__(self) -> None:
         _choice("augment.preset", self.preset, ("resnet_study", "cnn_study", "none"))
@@ -132,8 +143,25 @@ class AugmentConfig:
         if self.brightness is not None:
             b = list(self.brightness)
             _check(len(b) == 2 and 0 <= b[0] <= b[1], "augment.brightness", "[min, max] with 0 <= min <= max", b)
+        for key, low in (("gamma", 0.0), ("contrast", 0.0), ("blur", 0.0)):
+            r = getattr(self, key)
+            if r is not None:
+                r = list(r)
+                ok = len(r) == 2 and low <= r[0] <= r[1] and (key != "gamma" or r[0] > 0)
+                _check(ok, f"augment.{key}", f"[min, max] with {'0 <' if key == 'gamma' else '0 <='} min <= max", r)
+        if self.blur is not None:
+            _check(self.blur[1] <= 4.0, "augment.blur", "sigmas of at most 4 pixels", list(self.blur))
+        for key, low, high in (
+            ("bias_field", 0.0, 1.0),
+            ("noise", 0.0, 1.0),
+            ("downsample", 1.0, 4.0),
+            ("intensity_p", 0.0, 1.0),
+        ):
+            v = getattr(self, key)
+            if v is not None:
+                _check(low <= v <= high, f"augment.{key}", f"a number in [{low:g}, {high:g}]", v)
         if self.normalize is not None:
-            _choice("augment.normalize", self.normalize, ("half", "dataset", "imagenet"))
+            _choice("augment.normalize", self.normalize, ("half", "dataset", "imagenet", "zscore", "percentile"))
 
 
 @dataclass
@@ -389,6 +417,14 @@ class Config:
             )
         if self.slurm.elastic:
             _check_node_range(self.slurm.min_nodes, self.slurm.max_nodes, self.train.grad_accum)
+        intensity = [
+            k for k in ("gamma", "contrast", "bias_field", "noise", "blur", "downsample") if getattr(self.augment, k)
+        ]
+        if intensity and self.data.pipeline != "cached":
+            raise ConfigError(
+                f"augment.{intensity[0]} runs on the batched path only: set data.pipeline=cached "
+                f"(data.pipeline={self.data.pipeline})"
+            )
         if not self.has_validation and self.train.select_metric != "last":
             raise ConfigError(
                 "data.val_fraction=0 leaves no validation to choose epochs by "
@@ -430,6 +466,7 @@ class EvalConfig:
     split: str = "test"  # test | val (the run's own split.csv)
     tta: str = "auto"  # auto: the run's own train.tta | none | hflip (average the logits of the image and its mirror)
     batch_size: int = 64
+    robustness: bool = False  # evaluate.py: accuracy on corrupted copies of the split (docs/robustness.md)
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
 
     def __post_init__(self) -> None:

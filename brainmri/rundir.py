@@ -13,6 +13,7 @@ Layout (a contract other tools rely on)::
     test_leaks.tsv     test images with the same pixels as a Training image (dropped with data.dedup=train_test)
     figures/           PNGs: class balance, augmentations, curves, confusion matrix, Grad-CAM
     eval_<split>.json  launch/evaluate.py's report (with its PNGs in figures/)
+    robustness_<split>.json  launch/evaluate.py robustness=true: accuracy per corruption and severity
 
 Every file is written to a temporary name and renamed into place; a checkpoint folder
 only gets its final name once all of it is on disk, so a folder named ``epoch_NNNN`` is

@@ -5,6 +5,7 @@
     python launch/evaluate.py run=RUN_DIR data.root=/elsewhere/sartaj checkpoint=RUN_DIR/checkpoints/epoch_0020
     python launch/evaluate.py run=runs/sweeps/demo_cv                 # the ensemble of a sweep's finished runs
     python launch/evaluate.py run=RUN_A,RUN_B,RUN_C                    # the ensemble of these runs
+    python launch/evaluate.py run=RUN_DIR robustness=true   # accuracy on corrupted copies of the split
 
 Accuracy, balanced accuracy, macro/weighted F1, per-class precision, recall (sensitivity),
 specificity and ROC AUC, expected calibration error, the confusion matrix; on the test
@@ -12,11 +13,14 @@ split also the same without test images that duplicate a Training image. Writes
 eval_<split>.json and figures/eval_<split>_{confusion_matrix,roc,reliability}.png into
 the run directory; with the run's temperature (calibration.json), ECE and NLL before and
 after calibration and a second reliability diagram, _reliability_calibrated.png.
+With robustness=true: accuracy per corruption and severity instead, robustness_<split>.json
+and figures/robustness_<split>.png (docs/robustness.md).
 Exit codes: 0 done, 2 bad input (one line on stderr).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -24,8 +28,10 @@ from brainmri import config as config_lib
 from brainmri import shell
 from brainmri.errors import BrainMRIError
 from brainmri.evaluation.report import evaluation_figures
+from brainmri.evaluation.robustness import write_robustness
 from brainmri.evaluation.trained import TrainedModel, evaluate, load_models, resolve_tta, split_samples
 from brainmri.reporting.console import console, print_metrics, setup_logging
+from brainmri.reporting.tracking import resolve_mode
 from brainmri.rundir import atomic_write_json
 
 RECIPES = shell.recipes_beside(__file__)
@@ -39,6 +45,13 @@ def command(args: shell.Args) -> int:
     if ensemble and cfg.split == "val":
         raise BrainMRIError("split=val with an ensemble: every member has its own validation split; use split=test")
     splits = split_samples(trained, cfg.data.root, cfg.split)
+    folder = report_folder(cfg.run, trained) if ensemble else trained.run("writing the report").path
+    if cfg.robustness:
+        samples = splits.test if cfg.split == "test" else splits.val
+        mode = resolve_mode(trained.cfg.tracking.wandb, os.environ)
+        written = write_robustness(models, splits.root, samples, cfg.split, cfg.tta, cfg.batch_size, folder, mode)
+        console.print(f"wrote {', '.join(map(str, written))}")
+        return 0
     result = evaluate(models, splits, cfg.split, cfg.tta, cfg.batch_size)
     split, m, n = cfg.split, result.metrics, result.size
     tta = sorted({resolve_tta(member, cfg.tta) for member in models})
@@ -72,7 +85,6 @@ def command(args: shell.Args) -> int:
         )
     weights = str(trained.weights) if not ensemble else [str(t.weights) for t in models]
     report = result.report(weights, tta[0] if len(tta) == 1 else tta, splits.root)
-    folder = report_folder(cfg.run, trained) if ensemble else trained.run("writing the report").path
     stem = f"eval_{split}_ensemble" if ensemble else f"eval_{split}"
     out = folder / f"{stem}.json"
     atomic_write_json(out, report)

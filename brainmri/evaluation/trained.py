@@ -23,11 +23,12 @@ from torch.utils.data import DataLoader
 from brainmri import config as config_lib
 from brainmri.config import Config
 from brainmri.data.dataset import ImageDataset
+from brainmri.data.intensity import input_normalization
 from brainmri.data.loaders import auto_workers
 from brainmri.data.samples import CLASS_NAMES, IMAGE_EXTENSIONS, DatasetSplits, Sample, find_split_dir, resolve_root
 from brainmri.data.scan import train_test_leaks, verify_image, verify_images
 from brainmri.data.splits import read_split
-from brainmri.data.transforms import build_eval_transform
+from brainmri.data.transforms import build_eval_transform, resolve_augment
 from brainmri.errors import CheckpointError, DatasetError
 from brainmri.evaluation.report import CalibratedScore, Evaluation
 from brainmri.models import build_model
@@ -65,7 +66,17 @@ class TrainedModel:
         return self.cfg.data.channels
 
     def transform(self):
-        return build_eval_transform(self.image_size, self.mean, self.std)
+        return build_eval_transform(self.image_size, self.mean, self.std, self.normalize)
+
+    @property
+    def normalize(self) -> str:
+        """The run's ``augment.normalize``: fixed mean/std, or a per-image step before them."""
+        return resolve_augment(self.cfg.augment).normalize
+
+    def input_normalization(self) -> nn.Module:
+        """[0, 1] pixels (B, C, H, W) to this model's input, as one traceable module: what an
+        export puts in front of the model (:func:`brainmri.data.intensity.input_normalization`)."""
+        return input_normalization(self.normalize, self.mean, self.std)
 
     def run(self, purpose: str) -> RunDir:
         """The run directory, for what needs more than the weights (its split.csv, say)."""

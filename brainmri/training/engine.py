@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from brainmri import config as config_lib
 from brainmri.config import Config
+from brainmri.data.transforms import resolve_augment
 from brainmri.models import check_pretrained_source, count_parameters
 from brainmri.records import EpochRecord, Predictions, RunResults, TrainEpoch
 from brainmri.reporting.reporter import Reporter
@@ -301,7 +302,8 @@ class Trainer:
                 self.schedule.after_epoch(time.perf_counter() - started)
             results = self.test()
             self.reporter.end(results, self.state.history)
-            self.reporter.gradcam(self._plain_model(), self.prepared.splits, self.prepared.info)
+            normalize = resolve_augment(self.cfg.augment).normalize
+            self.reporter.gradcam(self._plain_model(), self.prepared.splits, self.prepared.info, normalize)
             return results
         except TrainingInterrupted as e:
             log.warning("training stopped at epoch %d: %s", self.state.epoch + 1, e)
