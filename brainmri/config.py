@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -27,6 +28,25 @@ def _check(ok: bool, key: str, expected: str, value: Any) -> None:
 
 def _choice(key: str, value: Any, choices: Sequence[Any]) -> None:
     _check(value in choices, key, "one of " + "|".join(map(str, choices)), value)
+
+
+_BUDGET_RE = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+
+
+def budget_seconds(budget: str) -> Optional[float]:
+    """``train.budget`` in seconds (``1h30m`` is 5400); None for ``slurm``, whose seconds are the
+    job's time left, known only inside the job."""
+    text = str(budget).strip().lower()
+    if text == "slurm":
+        return None
+    m = _BUDGET_RE.fullmatch(text)
+    seconds = 3600 * int(m.group(1) or 0) + 60 * int(m.group(2) or 0) + int(m.group(3) or 0) if m else 0
+    _check(seconds > 0, "train.budget", "a duration such as 30m, 2h, 1h30m, 40s, or slurm", budget)
+    return float(seconds)
+
+
+# Pairs of keys that are alternatives: the later layer's choice replaces the earlier one's.
+ALTERNATIVES = (("train.epochs", "train.budget"),)
 
 
 def has_validation(val_fraction: float, folds: int) -> bool:
@@ -97,7 +117,18 @@ class AugmentConfig:
     translate: Optional[float] = None  # max fraction of the image, both axes
     degrees: Optional[float] = None  # max rotation
     brightness: Optional[List[float]] = None  # [min, max] factor
-    normalize: Optional[str] = None  # half (mean=std=0.5) | dataset (train split stats) | imagenet
+    # Intensity and resolution, per sample, cached pipeline only (brainmri.data.batch_augment);
+    # every preset leaves them off.
+    gamma: Optional[List[float]] = None  # [min, max] exponent of x ** gamma (x in [0, 1])
+    contrast: Optional[List[float]] = None  # [min, max] factor around each image's own mean
+    bias_field: Optional[float] = None  # max |coefficient| of a smooth multiplicative field (degree 3)
+    noise: Optional[float] = None  # max std of additive Gaussian noise (x in [0, 1])
+    blur: Optional[List[float]] = None  # [min, max] Gaussian sigma in pixels
+    downsample: Optional[float] = None  # max factor of a down-then-up resampling (drawn in [1, max])
+    intensity_p: Optional[float] = None  # probability that each step above applies to a sample (default 1)
+    # half (mean=std=0.5) | dataset (train split stats) | imagenet | zscore (per image, over its
+    # foreground) | percentile (per image, 1st-99th percentile to [-1, 1]); see brainmri.data.intensity
+    normalize: Optional[str] = None
 
     def __post_init__(self) -> None:
         _choice("augment.preset", self.preset, ("resnet_study", "cnn_study", "none"))
@@ -112,8 +143,25 @@ class AugmentConfig:
         if self.brightness is not None:
             b = list(self.brightness)
             _check(len(b) == 2 and 0 <= b[0] <= b[1], "augment.brightness", "[min, max] with 0 <= min <= max", b)
+        for key, low in (("gamma", 0.0), ("contrast", 0.0), ("blur", 0.0)):
+            r = getattr(self, key)
+            if r is not None:
+                r = list(r)
+                ok = len(r) == 2 and low <= r[0] <= r[1] and (key != "gamma" or r[0] > 0)
+                _check(ok, f"augment.{key}", f"[min, max] with {'0 <' if key == 'gamma' else '0 <='} min <= max", r)
+        if self.blur is not None:
+            _check(self.blur[1] <= 4.0, "augment.blur", "sigmas of at most 4 pixels", list(self.blur))
+        for key, low, high in (
+            ("bias_field", 0.0, 1.0),
+            ("noise", 0.0, 1.0),
+            ("downsample", 1.0, 4.0),
+            ("intensity_p", 0.0, 1.0),
+        ):
+            v = getattr(self, key)
+            if v is not None:
+                _check(low <= v <= high, f"augment.{key}", f"a number in [{low:g}, {high:g}]", v)
         if self.normalize is not None:
-            _choice("augment.normalize", self.normalize, ("half", "dataset", "imagenet"))
+            _choice("augment.normalize", self.normalize, ("half", "dataset", "imagenet", "zscore", "percentile"))
 
 
 @dataclass
@@ -151,12 +199,15 @@ class ModelConfig:
 class TrainConfig:
     """The loop: epochs, batch, precision and what counts as the best model."""
 
-    epochs: int = 10
+    epochs: int = 10  # a fixed count; or train.budget (the two are alternatives: a recipe sets one)
+    budget: Optional[str] = None  # wall clock, start to results: 30m, 2h, 1h30m, 40s, or slurm (the job's limit)
     batch_size: int = 32  # per process
     mixed_precision: str = (
         "auto"  # auto (bf16 where the hardware has it, fp16 on older GPUs, else no) | no | bf16 | fp16
     )
-    grad_accum: int = 1
+    grad_accum: int = 1  # on world_size ranks; on fewer or more, scaled to keep the global batch
+    # Ranks the global batch is planned for; None: the first start's. submit.py sets it for slurm.nodes=MIN-MAX.
+    world_size: Optional[int] = None
     grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
     label_smoothing: float = 0.0
     class_weights: bool = False  # weight the loss by inverse class frequency of the train split
@@ -172,11 +223,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "an integer >= 1", self.epochs)
+        if self.budget is not None:
+            budget_seconds(self.budget)  # one line naming the key when it does not parse
         _check(self.batch_size >= 1, "train.batch_size", "an integer >= 1", self.batch_size)
         if self.mixed_precision in (False, "False", "false"):  # YAML 1.1 reads a bare `no` as false
             self.mixed_precision = "no"
         _choice("train.mixed_precision", self.mixed_precision, ("auto", "no", "bf16", "fp16"))
         _check(self.grad_accum >= 1, "train.grad_accum", "an integer >= 1", self.grad_accum)
+        if self.world_size is not None:
+            _check(self.world_size >= 1, "train.world_size", "an integer >= 1", self.world_size)
         _check(self.grad_clip >= 0, "train.grad_clip", "a norm >= 0 (0 disables)", self.grad_clip)
         _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", "a value in [0, 1)", self.label_smoothing)
         _choice("train.select_metric", self.select_metric, ("val/macro_f1", "val/acc", "val/loss", "last"))
@@ -256,7 +311,7 @@ class SlurmConfig:
 
     cluster: str = "slurm"  # slurm | local | debug (submitit's executors)
     partition: Optional[str] = None
-    nodes: int = 1
+    nodes: Union[int, str] = 1  # N, or MIN-MAX (elastic: SLURM may start or requeue the job on fewer nodes)
     gpus_per_node: int = 1
     tasks_per_node: Optional[int] = None  # None: one task per GPU (1 without GPUs)
     cpus_per_task: int = 8  # also sets DataLoader workers (cpus_per_task - 1) unless data.num_workers is set
@@ -274,7 +329,7 @@ class SlurmConfig:
 
     def __post_init__(self) -> None:
         _choice("slurm.cluster", self.cluster, ("slurm", "local", "debug"))
-        _check(self.nodes >= 1, "slurm.nodes", "an integer >= 1", self.nodes)
+        node_range(self.nodes)
         _check(self.gpus_per_node >= 0, "slurm.gpus_per_node", "an integer >= 0", self.gpus_per_node)
         if self.tasks_per_node is not None:
             _check(self.tasks_per_node >= 1, "slurm.tasks_per_node", "an integer >= 1", self.tasks_per_node)
@@ -294,6 +349,44 @@ class SlurmConfig:
     @property
     def tasks(self) -> int:
         return self.tasks_per_node or max(1, self.gpus_per_node)
+
+    @property
+    def min_nodes(self) -> int:
+        return node_range(self.nodes)[0]
+
+    @property
+    def max_nodes(self) -> int:
+        return node_range(self.nodes)[1]
+
+    @property
+    def elastic(self) -> bool:
+        """``nodes=MIN-MAX``: the job may run on fewer nodes than it asks for."""
+        return self.min_nodes < self.max_nodes
+
+    @property
+    def planned_world(self) -> Optional[int]:
+        """An elastic job's ranks on its most nodes, which its global batch is planned for; None otherwise."""
+        return self.max_nodes * self.tasks if self.elastic else None
+
+
+def _check_node_range(min_nodes: int, max_nodes: int, grad_accum: int) -> None:
+    """An elastic job keeps the global batch of its most nodes by scaling gradient accumulation
+    (:mod:`brainmri.training.elastic`): every node count of the range must divide it."""
+    bad = [n for n in range(min_nodes, max_nodes + 1) if (max_nodes * grad_accum) % n]
+    if bad:
+        raise ConfigError(
+            f"slurm.nodes={min_nodes}-{max_nodes} with train.grad_accum={grad_accum}: on {bad[0]} node(s) no whole "
+            f"accumulation keeps the global batch of {max_nodes} node(s); every count in the range must divide "
+            f"{max_nodes} x train.grad_accum"
+        )
+
+
+def node_range(nodes: Union[int, str]) -> tuple[int, int]:
+    """``slurm.nodes`` as (fewest, most): ``2`` is (2, 2), ``"1-2"`` is (1, 2), as ``sbatch --nodes`` reads them."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", str(nodes))
+    lo, hi = (int(m.group(1)), int(m.group(2) or m.group(1))) if m else (0, 0)
+    _check(1 <= lo <= hi, "slurm.nodes", "an integer >= 1 or a range MIN-MAX such as 1-2", nodes)
+    return lo, hi
 
 
 @dataclass
@@ -321,6 +414,16 @@ class Config:
             raise ConfigError(
                 f"model.in_chans={self.model.in_chans} disagrees with data.channels={self.data.channels}: "
                 "set only data.channels"
+            )
+        if self.slurm.elastic:
+            _check_node_range(self.slurm.min_nodes, self.slurm.max_nodes, self.train.grad_accum)
+        intensity = [
+            k for k in ("gamma", "contrast", "bias_field", "noise", "blur", "downsample") if getattr(self.augment, k)
+        ]
+        if intensity and self.data.pipeline != "cached":
+            raise ConfigError(
+                f"augment.{intensity[0]} runs on the batched path only: set data.pipeline=cached "
+                f"(data.pipeline={self.data.pipeline})"
             )
         if not self.has_validation and self.train.select_metric != "last":
             raise ConfigError(
@@ -364,6 +467,7 @@ class EvalConfig:
     split: str = "test"  # test | val (the run's own split.csv)
     tta: str = "auto"  # auto: the run's own train.tta | none | hflip (average the logits of the image and its mirror)
     batch_size: int = 64
+    robustness: bool = False  # evaluate.py: accuracy on corrupted copies of the split (docs/robustness.md)
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
 
     def __post_init__(self) -> None:
@@ -476,7 +580,7 @@ def load_yaml_mapping(path: Path) -> DictConfig:
     return node
 
 
-def merge_config(schema: type, layers: Sequence[tuple[str, DictConfig | dict]]) -> Any:
+def merge_config(schema: type, layers: Sequence[tuple[str, DictConfig | dict]], alternatives: bool = False) -> Any:
     """Merge named layers onto ``schema``'s defaults and build the validated dataclass.
 
     Each layer's keys are checked first so a typo gets a "did you mean" instead of
@@ -486,8 +590,11 @@ def merge_config(schema: type, layers: Sequence[tuple[str, DictConfig | dict]]) 
     merged = OmegaConf.structured(schema)
     for source, layer in layers:
         node = layer if isinstance(layer, DictConfig) else OmegaConf.create(layer)
-        check_keys(_with_sections(list(flat_dict(node))), valid, source)
+        keys = list(flat_dict(node))
+        check_keys(_with_sections(keys), valid, source)
         try:
+            if alternatives:  # a user's layers (recipe, command line), not a saved config.yaml
+                _replace_alternatives(merged, keys, source, schema)
             merged = OmegaConf.merge(merged, node)
         except OmegaConfBaseException as e:
             key = getattr(e, "full_key", None) or "?"
@@ -503,6 +610,21 @@ def merge_config(schema: type, layers: Sequence[tuple[str, DictConfig | dict]]) 
             raise cause from None
         key = getattr(e, "full_key", None) or "?"
         raise ConfigError(f"{key}: {str(getattr(e, 'msg', e)).splitlines()[0]}") from None
+
+
+def _replace_alternatives(merged: DictConfig, keys: Sequence[str], source: str, schema: type) -> None:
+    """A layer that sets one key of an :data:`ALTERNATIVES` pair drops the other's earlier
+    setting (``recipe=masoud_cpu30 train.epochs=5`` trains 5 epochs, not 30 minutes); a layer
+    that sets both is refused."""
+    if schema is not Config:
+        return
+    for pair in ALTERNATIVES:
+        given = [key for key in pair if key in keys]
+        if len(given) == 2:
+            raise ConfigError(f"{pair[0]} and {pair[1]} are alternatives: set one of them (both set in {source})")
+        if given:
+            (other,) = [key for key in pair if key != given[0]]
+            OmegaConf.update(merged, other, OmegaConf.select(OmegaConf.structured(Config), other), merge=False)
 
 
 def _is_str_field(schema: type, dotted: str) -> bool:
@@ -552,7 +674,7 @@ def load_config(args: Sequence[str], recipes_dir: Path, schema: type = Config, d
     if recipe:
         cli = OmegaConf.merge(cli, {"recipe": Path(recipe).stem})
     layers.append(("the command line", cli))
-    return merge_config(schema, layers)
+    return merge_config(schema, layers, alternatives=True)
 
 
 def to_yaml(cfg: Any) -> str:

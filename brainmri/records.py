@@ -8,6 +8,7 @@ a metric improves lives here too.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -91,6 +92,7 @@ class InferenceSpec:
     temperature: Optional[float] = None
     temperature_fitted_on: Optional[str] = None  # val | cv (then temperature_source names the sweep)
     temperature_source: str = ""
+    normalize: Optional[str] = None  # augment.normalize; zscore | percentile: a per-image step before mean/std
 
     def to_json(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in self.__dataclass_fields__}
@@ -114,6 +116,9 @@ _EPOCH_KEYS = {
     "lr": "lr",
     "epoch_time": "epoch_time",
     "gpu_mem_peak_gb": "gpu_mem_peak_gb",
+    "train_samples": "train/samples",
+    "ranks": "ranks",
+    "grad_accum": "grad_accum",
 }
 
 
@@ -126,6 +131,7 @@ class TrainEpoch:
     macro_f1: float
     throughput: float  # images per second over the whole epoch, as users see it
     seconds: float
+    samples: int  # distinct images, across ranks
 
 
 @dataclass
@@ -144,9 +150,15 @@ class EpochRecord:
     lr: float
     epoch_time: float
     gpu_mem_peak_gb: Optional[float] = None  # CUDA only
+    # Absent in runs from before elastic node counts: the distinct training images the epoch's
+    # metrics cover (every one once, across ranks and resumes), and the ranks and accumulation
+    # of the attempt that finished the epoch.
+    train_samples: Optional[int] = None
+    ranks: Optional[int] = None
+    grad_accum: Optional[int] = None
 
     def to_json(self) -> dict[str, Any]:
-        optional = ("gpu_mem_peak_gb",) + _VAL_FIELDS
+        optional = ("gpu_mem_peak_gb", "train_samples", "ranks", "grad_accum") + _VAL_FIELDS
         return {
             key: getattr(self, name)
             for name, key in _EPOCH_KEYS.items()
@@ -179,6 +191,27 @@ class EpochRecord:
         return {"val/loss": self.val_loss, "val/acc": self.val_acc, "val/macro_f1": self.val_macro_f1}
 
 
+@dataclass(frozen=True)
+class BudgetPlan:
+    """A run's plan under ``train.budget`` (brainmri.training.budget): in the checkpoint and results.json."""
+
+    budget: str  # as given: 30m, slurm
+    seconds: float  # the window the plan was made for (what was left of the budget then)
+    step_seconds: float  # a training step, timed after warm-up
+    epoch_seconds: float  # one epoch as planned: training, validation, checkpoint
+    reserve_seconds: float  # after the last epoch: calibration, test, files
+    epochs: int
+    planned_after: int  # epochs completed when it was made
+    replans: int = 0  # times the clock or a requeue forced a new plan
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "BudgetPlan":
+        return cls(**data)
+
+
 @dataclass
 class RunResults:
     """The test of the best epoch's weights (``results.json``)."""
@@ -192,6 +225,8 @@ class RunResults:
     test: Optional[dict[str, Any]] = None  # brainmri.scoring.metrics.classification_metrics of the test split
     test_size: int = 0
     tta: str = "none"  # the test-time augmentation of the final validation and test scores
+    budget: Optional[BudgetPlan] = None  # train.budget's plan, when the run had one
+    wall_seconds: Optional[float] = None  # start to results, over every attempt
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -208,6 +243,10 @@ class RunResults:
         else:
             out.update(self.test)
             out["test/size"] = self.test_size
+        if self.budget is not None:
+            out["budget"] = self.budget.to_json()
+        if self.wall_seconds is not None:
+            out["wall_seconds"] = round(self.wall_seconds, 1)
         return out
 
 

@@ -15,6 +15,7 @@ Layout (a contract other tools rely on)::
     eval_<split>.json  launch/evaluate.py's report (with its PNGs in figures/)
     calibration.json   the temperature fitted after training (also inside best.safetensors)
     MODEL_CARD.md      data, metrics with intervals, calibration, recipe, what not to use it for
+    robustness_<split>.json  launch/evaluate.py robustness=true: accuracy per corruption and severity
 
 Every file is written to a temporary name and renamed into place; a checkpoint folder
 only gets its final name once all of it is on disk, so a folder named ``epoch_NNNN`` is

@@ -105,8 +105,9 @@ INFERENCE_KEY = "inference"  # the InferenceSpec's JSON
 CALIBRATION_KEY = "calibration"  # the fitted temperature's record (calibration.json's content)
 
 
-def inference_spec(cfg: Config, info: DatasetInfo) -> InferenceSpec:
-    """The spec of a model trained with ``cfg`` on data measured as ``info`` (not yet calibrated)."""
+def inference_spec(cfg: Config, info: DatasetInfo, normalize: Optional[str] = None) -> InferenceSpec:
+    """The spec of a model trained with ``cfg`` on data measured as ``info`` (not yet calibrated);
+    ``normalize``: the run's resolved ``augment.normalize``."""
     model_args = {k: v for k, v in asdict(cfg.model).items() if k not in ("name", "pretrained", "pretrained_file")}
     return InferenceSpec(
         class_names=list(info.class_names),
@@ -117,6 +118,7 @@ def inference_spec(cfg: Config, info: DatasetInfo) -> InferenceSpec:
         model=cfg.model.name,
         model_args={**model_args, "in_chans": cfg.in_chans},
         tta=cfg.train.tta,
+        normalize=normalize,
     )
 
 

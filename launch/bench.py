@@ -54,12 +54,20 @@ def show(result: dict, chosen: Sequence[str]) -> None:
         title=f"{result['model']} {result['image_size']}px, batch {result['batch_size']}, {result['precision']} "
         f"on {result['device']} ({result['cpu']}, {bf16})"
     )
-    for column in ("pipeline", "pipeline img/s", "model img/s", "train img/s", "train/model"):
+    columns = ("pipeline", "pipeline img/s", "model img/s", "train img/s", "train/model", "TFLOP/s", "of peak")
+    for column in columns:
         table.add_column(column, justify="right" if column != "pipeline" else "left")
     for p in chosen:
         r = result[p]
+        share = f"{r['fraction_of_peak']:.1%}" if r["fraction_of_peak"] is not None else "-"
         table.add_row(
-            p, f"{r['pipeline_img_s']:.1f}", f"{r['model_img_s']:.2f}", f"{r['train_img_s']:.2f}", f"{r['ratio']:.3f}"
+            p,
+            f"{r['pipeline_img_s']:.1f}",
+            f"{r['model_img_s']:.2f}",
+            f"{r['train_img_s']:.2f}",
+            f"{r['ratio']:.3f}",
+            f"{r['train_tflops']:.3f}",
+            share,
         )
     console.print(table)
     extras = [
@@ -67,6 +75,8 @@ def show(result: dict, chosen: Sequence[str]) -> None:
         f"cache on the device ({result['cache_upload_s']} s to load)" if result.get("cache_on_device") else "",
         f"one pil epoch ~{result['pil_epoch_s']} s" if "pil_epoch_s" in result else "",
         f"peak RSS {result['peak_rss_mb']} MB",
+        f"{result['train_gflop_per_image']} GFLOP a training image; peak {result['peak_tflops']} TFLOP/s "
+        f"({result['peak_basis']})",
     ]
     console.print(", ".join(e for e in extras if e))
 
@@ -85,6 +95,7 @@ def command(args: shell.Args) -> int:
         steps=args["--steps"],
         rounds=args["--rounds"],
         log=lambda m: console.log(m),
+        isa_cap=os.environ.get("ONEDNN_MAX_CPU_ISA"),
     )
     show(result, chosen)
     if args["--json"]:

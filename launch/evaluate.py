@@ -6,6 +6,7 @@
     python launch/evaluate.py run=runs/sweeps/demo_cv                 # the ensemble of a sweep's finished runs
     python launch/evaluate.py run=RUN_A,RUN_B,RUN_C                    # the ensemble of these runs
     python launch/evaluate.py run=RUN_A compare=RUN_B                  # paired bootstrap and McNemar, A vs B
+    python launch/evaluate.py run=RUN_DIR robustness=true   # accuracy on corrupted copies of the split
 
 Accuracy, balanced accuracy, macro/weighted F1, per-class precision, recall (sensitivity),
 specificity and ROC AUC, expected calibration error, the confusion matrix, 95% stratified
@@ -14,18 +15,22 @@ split also the same without test images that duplicate a Training image. Writes
 eval_<split>.json and figures/eval_<split>_{confusion_matrix,roc,reliability}.png into
 the run directory; with the run's temperature (calibration.json), ECE and NLL before and
 after calibration and a second reliability diagram, _reliability_calibrated.png.
+With robustness=true: accuracy per corruption and severity instead, robustness_<split>.json
+and figures/robustness_<split>.png (docs/robustness.md).
 Exit codes: 0 done, 2 bad input (one line on stderr).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 from brainmri import config as config_lib
 from brainmri import shell
 from brainmri.errors import BrainMRIError
-from brainmri.evaluation.report import evaluation_figures
+from brainmri.evaluation.report import calibration_line, comparison_line, evaluation_figures
+from brainmri.evaluation.robustness import write_robustness
 from brainmri.evaluation.trained import (
     TrainedModel,
     compare_on_same_images,
@@ -35,6 +40,7 @@ from brainmri.evaluation.trained import (
     split_samples,
 )
 from brainmri.reporting.console import console, print_metrics, setup_logging
+from brainmri.reporting.tracking import resolve_mode
 from brainmri.rundir import atomic_write_json
 from brainmri.scoring.intervals import intervals_json
 
@@ -50,6 +56,13 @@ def command(args: shell.Args) -> int:
         raise BrainMRIError("split=val with an ensemble: every member has its own validation split; use split=test")
     others = load_models(cfg.compare) if cfg.compare else None  # B's files checked before scoring A
     splits = split_samples(trained, cfg.data.root, cfg.split)
+    folder = report_folder(cfg.run, trained) if ensemble else (trained.run_dir or trained.weights.parent)
+    if cfg.robustness:
+        samples = splits.test if cfg.split == "test" else splits.val
+        mode = resolve_mode(trained.cfg.tracking.wandb, os.environ)
+        written = write_robustness(models, splits.root, samples, cfg.split, cfg.tta, cfg.batch_size, folder, mode)
+        console.print(f"wrote {', '.join(map(str, written))}")
+        return 0
     result = evaluate(models, splits, cfg.split, cfg.tta, cfg.batch_size)
     split, m, n = cfg.split, result.metrics, result.size
     tta = sorted({resolve_tta(member, cfg.tta) for member in models})
@@ -71,34 +84,12 @@ def command(args: shell.Args) -> int:
             f"[bold]{split} accuracy {m[f'{split}/acc']:.3f}[/bold] on all {n} images; "
             f"[bold]{free[f'{split}/acc']:.3f}[/bold] on the {free['size']} that do not duplicate a Training image"
         )
-    cal = result.calibrated
-    if cal is None and not ensemble:
-        console.print(f"calibration: {trained.temperature_note()}")
-    if cal is not None:
-        note = " (fitted on this split: optimistic)" if cal.fitted_on == split else ""
-        note += "" if ensemble else f" (read from {trained.calibration_origin})"
-        source = "the CV folds' out-of-fold predictions" if cal.fitted_on == "cv" else f"the {cal.fitted_on} split"
-        temperature = (
-            f"{cal.temperatures[0]:.3f}"
-            if not ensemble
-            else "per member " + ", ".join(f"{t:.2f}" for t in cal.temperatures)
-        )
-        console.print(
-            f"calibration: temperature {temperature} from {source}{note}: "
-            f"ECE {m[f'{split}/ece']:.3f} -> [bold]{cal.metrics[f'{split}/ece']:.3f}[/bold], "
-            f"NLL {m[f'{split}/loss']:.3f} -> [bold]{cal.metrics[f'{split}/loss']:.3f}[/bold]"
-        )
+    console.print(calibration_line(result, models))
     if cfg.compare:
         result.comparison = compare_on_same_images(result, others, splits, cfg.tta, cfg.batch_size)
-        d, test = result.comparison.difference, result.comparison.mcnemar
-        console.print(
-            f"[bold]A - B[/bold] (B: {cfg.compare}, same {n} images, paired bootstrap): "
-            + ", ".join(f"{k} {v.value:+.3f} [{v.low:+.3f}, {v.high:+.3f}]" for k, v in d.items())
-            + f"; McNemar: A alone right {test.only_a}, B alone right {test.only_b}, exact p = {test.p_value:.4g}"
-        )
+        console.print(comparison_line(result.comparison, cfg.compare, n))
     weights = str(trained.weights) if not ensemble else [str(t.weights) for t in models]
     report = result.report(weights, tta[0] if len(tta) == 1 else tta, splits.root)
-    folder = report_folder(cfg.run, trained) if ensemble else (trained.run_dir or trained.weights.parent)
     stem = f"eval_{split}_ensemble" if ensemble else f"eval_{split}"
     out = folder / f"{stem}.json"
     atomic_write_json(out, report)

@@ -27,6 +27,7 @@ from brainmri.cluster.jobs import (
     job_name,
     make_executor,
     quiet_submitit,
+    result_tasks,
     sbatch_preview,
     submit_jobs,
     train_args,
@@ -60,7 +61,9 @@ def submit(args: shell.Args) -> int:
     output_dir = Path(cfg.output_dir or default_run_dir(cfg.recipe)).resolve()
     check_output_dir(output_dir, cfg.resume, cfg.overwrite)
     partition = check_partition(cfg.slurm)
-    job_args, workers = train_args(args.settings, output_dir, cfg.slurm.cpus_per_task, cfg.data.num_workers)
+    job_args, workers = train_args(
+        args.settings, output_dir, cfg.slurm.cpus_per_task, cfg.data.num_workers, cfg.slurm.planned_world
+    )
     executor = make_executor(output_dir / "slurm", cfg.slurm, job_name(cfg.slurm, cfg.recipe))
     if args["--dry-run"]:
         job_cfg = dataclasses.replace(
@@ -84,7 +87,7 @@ def submit(args: shell.Args) -> int:
     console.print(f"  stderr:     {job.paths.stderr}")
     if not args["--wait"]:
         return 0
-    (outcome,) = wait_jobs([Watch(job, f"job {job.job_id}", cfg.slurm.nodes * cfg.slurm.tasks)], cfg.slurm.cluster)
+    (outcome,) = wait_jobs([Watch(job, f"job {job.job_id}", result_tasks(cfg.slurm))], cfg.slurm.cluster)
     if not outcome.ok:
         return 1
     console.print(f"job {job.job_id} finished: {output_dir / 'results.json'}")

@@ -159,7 +159,9 @@ def bind_task(environ: Mapping[str, str], hostnames: Sequence[str], gpus_per_nod
 def rank_plan(slurm: SlurmConfig) -> list[TaskBinding]:
     """Every task's binding for a job of this ``slurm.*`` request, before it is submitted."""
     bound = {k.replace("_", "-") for k in slurm.additional} & {"gpus-per-task", "gpu-bind"}
-    environments = planned_environments(slurm.nodes, slurm.tasks, slurm.cpus_per_task, slurm.gpus_per_node, bool(bound))
+    environments = planned_environments(
+        slurm.max_nodes, slurm.tasks, slurm.cpus_per_task, slurm.gpus_per_node, bool(bound)
+    )
     return [bind_task(env, hostnames, slurm.gpus_per_node) for env, hostnames in environments]
 
 

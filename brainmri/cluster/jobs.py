@@ -143,12 +143,19 @@ def task_binding(env: submitit.JobEnvironment, gpus_per_node: int) -> TaskBindin
 
 
 def train_args(
-    cfg_args: Sequence[str], output_dir: Path, cpus_per_task: int, data_workers: int
+    cfg_args: Sequence[str],
+    output_dir: Path,
+    cpus_per_task: int,
+    data_workers: int,
+    world_size: Optional[int] = None,
 ) -> tuple[list[str], int]:
     """The overrides a job trains with (the user's, a fixed output_dir, workers from the
-    task's CPUs), and that worker count."""
+    task's CPUs, and for an elastic job the ranks its global batch is planned for), and that
+    worker count."""
     args = [a for a in cfg_args if not a.startswith(("output_dir=", "resume=", "overwrite="))]
     args.append(f"output_dir={output_dir}")
+    if world_size is not None and not any(a.startswith("train.world_size=") for a in args):
+        args.append(f"train.world_size={world_size}")
     workers = data_workers if data_workers >= 0 else max(0, cpus_per_task - 1)
     if data_workers < 0:
         args.append(f"data.num_workers={workers}")
@@ -163,7 +170,7 @@ def make_executor(folder: Path, slurm: SlurmConfig, job_name: str) -> submitit.A
     params: dict[str, Any] = {
         "name": job_name,
         "timeout_min": slurm.timeout_min,
-        "nodes": slurm.nodes,
+        "nodes": slurm.max_nodes,
         "tasks_per_node": slurm.tasks,
         "cpus_per_task": slurm.cpus_per_task,
     }
@@ -181,10 +188,31 @@ def make_executor(folder: Path, slurm: SlurmConfig, job_name: str) -> submitit.A
         params.update({k: v for k, v in optional.items() if v})
         params["slurm_array_parallelism"] = slurm.array_parallelism
         params["slurm_setup"] = list(slurm.setup)
-        if slurm.additional:
-            params["slurm_additional_parameters"] = dict(slurm.additional)
+        additional = dict(slurm.additional)
+        if slurm.elastic:
+            params.update(elastic_parameters(slurm))
+            additional["nodes"] = f"{slurm.min_nodes}-{slurm.max_nodes}"
+        if additional:
+            params["slurm_additional_parameters"] = additional
     executor.update_parameters(**params)
     return executor
+
+
+def elastic_parameters(slurm: SlurmConfig) -> dict[str, Any]:
+    """An elastic job's allocation and step: ``--nodes=MIN-MAX`` alone gets the most nodes
+    free, but with ``--ntasks-per-node`` SLURM counts MIN x tasks and takes MIN nodes. So the
+    allocation asks, per node, one task with every task's CPUs, and srun starts the tasks."""
+    return {
+        "tasks_per_node": None,  # submitit writes no --ntasks-per-node
+        "cpus_per_task": slurm.cpus_per_task * slurm.tasks,
+        "slurm_srun_args": [f"--ntasks-per-node={slurm.tasks}", f"--cpus-per-task={slurm.cpus_per_task}"],
+    }
+
+
+def result_tasks(slurm: SlurmConfig) -> int:
+    """The tasks whose result files end a job: all of them, or for an elastic job (whose last
+    attempt may have had fewer) global rank 0's, which carries the run's outcome."""
+    return 1 if slurm.elastic else slurm.max_nodes * slurm.tasks
 
 
 def sbatch_preview(executor: submitit.AutoExecutor) -> str:

@@ -130,12 +130,12 @@ def check_request(slurm: SlurmConfig, partition: Partition) -> None:
             f"slurm.mem_gb={slurm.mem_gb:g}: the largest node in {where} has {largest_mem / 1024:.1f} GB"
         )
     fitting = [n for n in partition.nodes if fits(n, slurm)]
-    if slurm.nodes > len(fitting):
+    if slurm.max_nodes > len(fitting):
         gpus = f" and {slurm.gpus_per_node} GPU(s)" if slurm.gpus_per_node else ""
         raise BrainMRIError(
             f"slurm.nodes={slurm.nodes}: {where} has {len(fitting)} node(s) with {per_node_cpus} CPU(s){gpus} per node"
         )
-    if partition.max_nodes is not None and slurm.nodes > partition.max_nodes:
+    if partition.max_nodes is not None and slurm.max_nodes > partition.max_nodes:
         raise BrainMRIError(f"slurm.nodes={slurm.nodes}: {where} allows at most {partition.max_nodes} node(s) per job")
     if partition.max_minutes is not None and slurm.timeout_min > partition.max_minutes:
         raise BrainMRIError(

@@ -15,6 +15,7 @@ from brainmri.cluster.jobs import (
     job_name,
     make_executor,
     quiet_submitit,
+    result_tasks,
     sbatch_preview,
     submit_jobs,
     train_args,
@@ -185,8 +186,7 @@ def sweep_request(settings: list[str], recipes: Path) -> tuple:
 def wait_trials(records: list[TrialRecord], jobs: list, slurm: SlurmConfig) -> bool:
     """Follow every submitted trial to its end and record how it ended; True if all finished."""
     watches = [
-        Watch(job, f"trial {record.name} (job {job.job_id})", slurm.nodes * slurm.tasks)
-        for record, job in zip(records, jobs)
+        Watch(job, f"trial {record.name} (job {job.job_id})", result_tasks(slurm)) for record, job in zip(records, jobs)
     ]
     outcomes = wait_jobs(watches, slurm.cluster)
     for record, outcome in zip(records, outcomes):
@@ -206,7 +206,9 @@ def submit_in_arrays(
         part = todo[start : start + limit]
         trial_jobs = [
             TrainJob(
-                train_args(trial_args, Path(record.output_dir), slurm.cpus_per_task, cfg.data.num_workers)[0],
+                train_args(
+                    trial_args, Path(record.output_dir), slurm.cpus_per_task, cfg.data.num_workers, slurm.planned_world
+                )[0],
                 slurm.max_requeues,
                 gpus_per_node=slurm.gpus_per_node,
                 recipes=str(recipes),

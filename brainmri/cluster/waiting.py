@@ -135,7 +135,7 @@ class Watch:
 
     job: submitit.Job
     label: str
-    num_tasks: int
+    num_tasks: int  # the tasks whose result files end the job (brainmri.cluster.jobs.result_tasks)
     seen: str = ""  # the last state line shown
     started: bool = False
     event: Optional[str] = None  # the last attempt-ending line of its log already shown
@@ -176,7 +176,8 @@ def collect(watch: Watch) -> Outcome:
     """The job's own results, or its error line, once every task has written its result."""
     job_id = str(watch.job.job_id)
     try:
-        return Outcome(job_id, watch.label, True, "finished", list(watch.job.results()))
+        results = [watch.job.task(task).result() for task in range(watch.num_tasks)]
+        return Outcome(job_id, watch.label, True, "finished", results)
     except Exception:  # the job's own exception, raised again here by submitit
         return Outcome(
             job_id, watch.label, False, f"failed: {job_error(watch.job.paths.stderr)}; see {watch.job.paths.stderr}"

@@ -158,7 +158,7 @@ def build_loaders(
             workers = 0  # an item is two integers
     else:
         train_tf = build_train_transform(params, data.image_size, mean, std)
-        eval_tf = build_eval_transform(data.image_size, mean, std)
+        eval_tf = build_eval_transform(data.image_size, mean, std, params.normalize)
 
     def loader(samples: Sequence[Sample], transform, train: bool) -> DataLoader:
         if resident is not None:

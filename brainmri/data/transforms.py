@@ -5,6 +5,11 @@ horizontal flip, normalize with mean = std = 0.5 (values in [-1, 1]).
 ``cnn_study``: the CNN study at 256: resize, horizontal flip, translate up to 10%, rotate up
 to 10 degrees, brightness x0.8..1.2, normalize with the training split's own mean and std.
 Evaluation is always resize and normalize, nothing random.
+
+``augment.normalize`` picks the normalization: a fixed mean and std (``half``, ``imagenet``,
+or the training split's own, ``dataset``), or a per-image step first (``zscore``,
+``percentile``; :mod:`brainmri.data.intensity`) followed by a fixed mean and std that puts
+its output where the model expects it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from brainmri.config import AugmentConfig
+from brainmri.data.intensity import per_image_steps
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,6 +38,14 @@ class AugmentParams:
     degrees: float
     brightness: Optional[tuple[float, float]]
     normalize: str
+    # intensity and resolution (the batched path only; brainmri.data.batch_augment): off in every preset
+    gamma: Optional[tuple[float, float]] = None
+    contrast: Optional[tuple[float, float]] = None
+    bias_field: float = 0.0
+    noise: float = 0.0
+    blur: Optional[tuple[float, float]] = None
+    downsample: float = 1.0
+    intensity_p: float = 1.0  # probability that each of those steps applies to a sample
 
 
 PRESETS: dict[str, AugmentParams] = {
@@ -49,13 +63,18 @@ def resolve_augment(cfg: AugmentConfig) -> AugmentParams:
     for key in base:
         value = getattr(cfg, key)
         if value is not None:
-            base[key] = tuple(value) if key == "brightness" else value
+            base[key] = tuple(value) if key in ("brightness", "gamma", "contrast", "blur") else value
     return AugmentParams(**base)
 
 
 def fixed_normalization(kind: str, channels: int) -> Optional[tuple[tuple[float, ...], tuple[float, ...]]]:
-    """Mean and std for the dataset-independent choices; None for "dataset"."""
-    if kind == "half":
+    """Mean and std for the dataset-independent choices; None for "dataset".
+
+    After the per-image steps: a z-score is already centred (mean 0, std 1), and percentile
+    scaling's [0, 1] becomes [-1, 1] as with ``half``."""
+    if kind == "zscore":
+        return (0.0,) * channels, (1.0,) * channels
+    if kind in ("half", "percentile"):
         return (0.5,) * channels, (0.5,) * channels
     if kind == "imagenet":
         if channels == 3:
@@ -81,14 +100,31 @@ def build_train_transform(
         steps.append(v2.RandomAffine(degrees=params.degrees, translate=translate))
     if params.brightness is not None and params.brightness != (1.0, 1.0):
         steps.append(v2.ColorJitter(brightness=params.brightness))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-    return v2.Compose(steps)
+    return v2.Compose(steps + _normalize(params.normalize, mean, std))
 
 
-def build_eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    return v2.Compose(
-        _to_tensor(image_size) + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-    )
+def _normalize(kind: Optional[str], mean: Sequence[float], std: Sequence[float]) -> list:
+    """[0, 1] floats, the per-image step of ``kind`` if it has one, then the fixed mean and std."""
+    steps = [v2.ToDtype(torch.float32, scale=True)] + (per_image_steps(kind) if kind else [])
+    return steps + [v2.Normalize(list(mean), list(std))]
+
+
+def build_eval_transform(
+    image_size: int, mean: Sequence[float], std: Sequence[float], normalize: Optional[str] = None
+) -> v2.Compose:
+    """Resize and normalize; ``normalize`` is the run's ``augment.normalize`` (None: fixed mean/std only)."""
+    return v2.Compose(_to_tensor(image_size) + _normalize(normalize, mean, std))
+
+
+def resized_transform(image_size: int) -> v2.Compose:
+    """Resize only, uint8: the evaluation transform's first half (the rest is :func:`to_float`
+    and the normalization), for images decoded once and changed in memory before scoring."""
+    return v2.Compose(_to_tensor(image_size))
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 to [0, 1] floats exactly as the evaluation transform does it."""
+    return v2.ToDtype(torch.float32, scale=True)(images)
 
 
 def unnormalized_transform(image_size: int) -> v2.Compose:

@@ -42,6 +42,10 @@ OPSET = 18
 PARITY_TOLERANCE = 1e-4
 PARITY_IMAGES = 32
 SPEC_KEY = "brainmri.inference"
+PER_IMAGE_STEP = {  # brainmri.data.intensity's per-image steps, for a reader without brainmri
+    "zscore": "z-score each image over its foreground (pixels above min + 0.1 * (max - min)); ",
+    "percentile": "map each image's 1st and 99th percentiles to 0 and 1, clipped; ",
+}
 
 
 class Exported(nn.Module):
@@ -59,7 +63,7 @@ class Exported(nn.Module):
 def spec_of(trained: TrainedModel) -> InferenceSpec:
     """The trained model's :class:`InferenceSpec`, with the temperature it applies."""
     info = DatasetInfo(trained.class_names, {}, trained.image_size, trained.channels, trained.mean, trained.std)
-    spec = inference_spec(trained.cfg, info)
+    spec = inference_spec(trained.cfg, info, trained.normalize)
     cal = trained.calibration
     if cal is None:
         return spec
@@ -79,10 +83,12 @@ def metadata_props(spec: InferenceSpec) -> dict[str, str]:
         "std": ",".join(repr(float(s)) for s in spec.std),
         "tta": spec.tta,
         "temperature": "none" if spec.temperature is None else repr(float(spec.temperature)),
+        "normalize": spec.normalize or "fixed",
         "preprocessing": (
             f"decode the slice as 8-bit {'grayscale' if spec.channels == 1 else 'RGB'}; resize to "
-            f"{spec.image_size}x{spec.image_size} (bilinear, antialiased); divide by 255; subtract mean and divide "
-            "by std per channel; stack as float32 NCHW"
+            f"{spec.image_size}x{spec.image_size} (bilinear, antialiased); divide by 255; "
+            + (PER_IMAGE_STEP.get(spec.normalize or "", ""))
+            + "subtract mean and divide by std per channel; stack as float32 NCHW"
         ),
         "outputs": (
             f"logits: ({spec.tta} TTA) N x {len(spec.class_names)} in class_names order; probabilities: "
@@ -230,7 +236,7 @@ class OnnxModel:
         return self.spec.temperature
 
     def transform(self):
-        return build_eval_transform(self.spec.image_size, self.spec.mean, self.spec.std)
+        return build_eval_transform(self.spec.image_size, self.spec.mean, self.spec.std, self.spec.normalize)
 
     def temperature_note(self) -> str:
         if self.spec.temperature is None:

@@ -73,6 +73,41 @@ class Evaluation:
         }
 
 
+def calibration_line(result: Evaluation, models: Sequence[Any]) -> str:
+    """Which temperature the evaluation applied, and the ECE and NLL before and after it."""
+    split, cal, m, trained = result.split, result.calibrated, result.metrics, models[0]
+    ensemble = len(models) > 1
+    if cal is None:
+        return (
+            "calibration: none of the members has a temperature"
+            if ensemble
+            else (f"calibration: {trained.temperature_note()}")
+        )
+    note = " (fitted on this split: optimistic)" if cal.fitted_on == split else ""
+    note += "" if ensemble else f" (read from {trained.calibration_origin})"
+    source = "the CV folds' out-of-fold predictions" if cal.fitted_on == "cv" else f"the {cal.fitted_on} split"
+    temperature = (
+        f"{cal.temperatures[0]:.3f}"
+        if not ensemble
+        else "per member " + ", ".join(f"{t:.2f}" for t in cal.temperatures)
+    )
+    return (
+        f"calibration: temperature {temperature} from {source}{note}: "
+        f"ECE {m[f'{split}/ece']:.3f} -> [bold]{cal.metrics[f'{split}/ece']:.3f}[/bold], "
+        f"NLL {m[f'{split}/loss']:.3f} -> [bold]{cal.metrics[f'{split}/loss']:.3f}[/bold]"
+    )
+
+
+def comparison_line(comparison: Comparison, other: str, size: int) -> str:
+    """A - B with each paired interval, and McNemar's test, in one line."""
+    d, test = comparison.difference, comparison.mcnemar
+    return (
+        f"[bold]A - B[/bold] (B: {other}, same {size} images, paired bootstrap): "
+        + ", ".join(f"{k} {v.value:+.3f} [{v.low:+.3f}, {v.high:+.3f}]" for k, v in d.items())
+        + f"; McNemar: A alone right {test.only_a}, B alone right {test.only_b}, exact p = {test.p_value:.4g}"
+    )
+
+
 def evaluation_figures(
     result: Evaluation, class_names: Sequence[str], figures_dir: Path, split: str, stem: Optional[str] = None
 ) -> list[Path]:

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from brainmri import config as config_lib
 from brainmri.config import Config
 from brainmri.data.dataset import ImageDataset
+from brainmri.data.intensity import input_normalization
 from brainmri.data.loaders import auto_workers
 from brainmri.data.samples import (
     CLASS_NAMES,
@@ -34,7 +35,7 @@ from brainmri.data.samples import (
 )
 from brainmri.data.scan import train_test_leaks, verify_images
 from brainmri.data.splits import read_split
-from brainmri.data.transforms import build_eval_transform
+from brainmri.data.transforms import build_eval_transform, resolve_augment
 from brainmri.errors import CheckpointError, DatasetError
 from brainmri.evaluation.report import CalibratedScore, Evaluation
 from brainmri.models import build_model
@@ -90,7 +91,17 @@ class TrainedModel:
         return f"temperature {cal.temperature:.3f} (fitted on {fitted}; read from {self.calibration_origin})"
 
     def transform(self):
-        return build_eval_transform(self.image_size, self.mean, self.std)
+        return build_eval_transform(self.image_size, self.mean, self.std, self.normalize)
+
+    @property
+    def normalize(self) -> str:
+        """The run's ``augment.normalize``: fixed mean/std, or a per-image step before them."""
+        return resolve_augment(self.cfg.augment).normalize
+
+    def input_normalization(self) -> nn.Module:
+        """[0, 1] pixels (B, C, H, W) to this model's input, as one traceable module: what an
+        export puts in front of the model (:func:`brainmri.data.intensity.input_normalization`)."""
+        return input_normalization(self.normalize, self.mean, self.std)
 
     def run(self, purpose: str) -> RunDir:
         """The run directory, for what needs more than the weights (its split.csv, say)."""

@@ -104,9 +104,11 @@ def explain_samples(
     mean: Sequence[float],
     std: Sequence[float],
     device: torch.device,
+    normalize: Optional[str] = None,
 ) -> list[CamTile]:
-    """Grad-CAM of each sample for its predicted class, with the evaluation transform."""
-    transform = build_eval_transform(image_size, mean, std)
+    """Grad-CAM of each sample for its predicted class, with the evaluation transform
+    (``normalize``: the run's ``augment.normalize``)."""
+    transform = build_eval_transform(image_size, mean, std, normalize)
     images = [load_image(root / s.path, channels) for s in samples]
     x = torch.stack([transform(im) for im in images]).to(device)
     probs = _predict(model, x)

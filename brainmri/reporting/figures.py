@@ -80,11 +80,15 @@ def class_distribution(counts: dict[str, Optional[Sequence[int]]], class_names: 
         return fig
 
 
-def _to_display(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """A normalized CHW tensor back to an HxW(x3) array in [0, 1]."""
+def _to_display(image: torch.Tensor, mean: Sequence[float], std: Sequence[float], stretch: bool = False) -> np.ndarray:
+    """A normalized CHW tensor back to an HxW(x3) array in [0, 1]; ``stretch``: the image's
+    own range to [0, 1] (a per-image z-score has no fixed range to undo)."""
     m = torch.tensor(mean, dtype=image.dtype).view(-1, 1, 1)
     s = torch.tensor(std, dtype=image.dtype).view(-1, 1, 1)
-    x = (image * s + m).clamp(0, 1)
+    x = image * s + m
+    if stretch:
+        x = (x - x.min()) / (x.max() - x.min()).clamp_min(1e-6)
+    x = x.clamp(0, 1)
     return x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
 
 
@@ -93,10 +97,12 @@ def augmentation_grid(
     class_names: Sequence[str],
     mean: Sequence[float],
     std: Sequence[float],
+    stretch: bool = False,
 ) -> Figure:
     """One row per class; each image appears as "original" next to "augmented".
 
-    ``pairs`` holds (original in [0, 1], augmented and normalized, label) for the same file.
+    ``pairs`` holds (original in [0, 1], augmented and normalized, label) for the same file;
+    ``stretch`` shows each augmented image over its own range (per-image normalization).
     """
     by_class: dict[int, list] = {}
     for original, augmented, label in pairs:
@@ -114,7 +120,7 @@ def augmentation_grid(
                     continue
                 original, augmented = by_class[label][k]
                 image = (
-                    _to_display(augmented, mean, std)
+                    _to_display(augmented, mean, std, stretch)
                     if is_aug
                     else _to_display(original, [0.0] * len(mean), [1.0] * len(std))
                 )
@@ -306,6 +312,35 @@ def cv_errorbars(axes: dict[str, list[tuple[object, float, float, int]]], metric
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def robustness_curves(
+    accuracy: dict[str, Sequence[float]], clean: float, worst: tuple[str, int, float], title: str
+) -> Figure:
+    """Accuracy against severity (0 = clean, then 1..5), one line per corruption; the worst
+    condition marked. ``accuracy``: corruption -> accuracy at each severity."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(8, 4.8))
+        colors = plt.get_cmap("tab10")
+        for i, (name, values) in enumerate(accuracy.items()):
+            ax.plot(range(len(values) + 1), [clean, *values], marker="o", ms=4, label=name, color=colors(i % 10))
+        name, severity, acc = worst
+        ax.annotate(
+            f"worst: {name} {severity}\n{acc:.1%} ({100 * (acc - clean):+.1f} pt)",
+            (severity, acc),
+            xytext=(10, -4),
+            textcoords="offset points",
+            fontsize=9,
+        )
+        ax.axhline(clean, color="grey", lw=0.8, ls="--")
+        ax.set_xticks(range(6), ["clean", "1", "2", "3", "4", "5"])
+        ax.set_xlabel("severity")
+        ax.set_ylabel("accuracy")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+        ax.set_title(title)
+        ax.legend(frameon=False, fontsize=9, ncol=2)
+        fig.tight_layout()
+        return fig
 
 
 def label_issue_grid(images: Sequence[np.ndarray], captions: Sequence[str], title: str, cols: int = 6) -> Figure:

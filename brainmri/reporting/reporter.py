@@ -21,8 +21,10 @@ from accelerate import Accelerator
 from torch import nn
 
 from brainmri.config import DataConfig, FiguresConfig, TrackingConfig
+from brainmri.data.intensity import PER_IMAGE
 from brainmri.data.loaders import preview_augmentation
 from brainmri.data.samples import DatasetSplits, first_per_class
+from brainmri.data.transforms import resolve_augment
 from brainmri.records import DatasetInfo, EpochRecord, RunResults
 from brainmri.reporting import cam, figures
 from brainmri.reporting.tracking import Tracker
@@ -127,7 +129,8 @@ class Reporter:
         chosen = first_per_class(splits.train, self.figures_cfg.samples_per_class)
         pairs = preview_augmentation(splits.root, chosen, data, augment, info.mean, info.std, seed)
         path = self.figures_dir / "augmentations.png"
-        figures.save_figure(figures.augmentation_grid(pairs, info.class_names, info.mean, info.std), path)
+        stretch = resolve_augment(augment).normalize in PER_IMAGE
+        figures.save_figure(figures.augmentation_grid(pairs, info.class_names, info.mean, info.std, stretch), path)
         self.tracker.log_figure("data/augmentations", path)
 
     # ------------------------------------------------------------------ steps
@@ -218,7 +221,9 @@ class Reporter:
         )
 
     @main_only
-    def gradcam(self, model: nn.Module, splits: DatasetSplits, info: DatasetInfo) -> None:
+    def gradcam(
+        self, model: nn.Module, splits: DatasetSplits, info: DatasetInfo, normalize: Optional[str] = None
+    ) -> None:
         """Grad-CAM overlays of a fixed set of validation images (the first of each class;
         test images for a run without validation).
 
@@ -242,6 +247,7 @@ class Reporter:
             info.mean,
             info.std,
             self.accelerator.device,
+            normalize,
         )
         figures.save_figure(figures.cam_grid(tiles, info.class_names), path)
         self.tracker.log_figure("results/gradcam", path)

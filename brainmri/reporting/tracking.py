@@ -16,6 +16,7 @@ import logging
 import netrc
 import secrets
 import string
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 from urllib.parse import urlparse
@@ -249,6 +250,36 @@ def log_sweep_summary(
     the same run. Never fatal, like the training runs' tracking. Returns the upload command
     for an offline run.
     """
+    group = cfg.group or sweep_dir.name
+    what = SummaryRun(f"{group}-cv", group, "cv-summary", "cv/settings", "wandb_summary.json", "the sweep summary")
+    return log_summary(cfg, mode, sweep_dir, what, images, columns, rows, summary)
+
+
+@dataclass(frozen=True)
+class SummaryRun:
+    """Which W&B run a summary goes to, and under which keys."""
+
+    name: str
+    group: Optional[str]
+    job_type: Optional[str]
+    table_key: str
+    marker: str  # file in the folder that fingerprints what was logged
+    what: str  # for the log lines
+
+
+def log_summary(
+    cfg: TrackingConfig,
+    mode: str,
+    folder: Path,
+    run: SummaryRun,
+    images: Mapping[str, Path],
+    columns: Sequence[str],
+    rows: Sequence[Sequence],
+    summary: Mapping[str, float],
+) -> Optional[str]:
+    """Figures, one table and summary numbers into the W&B run whose id is in
+    ``folder/wandb_id.txt`` (a training run's own W&B run when ``folder`` is its run
+    directory), logged once per content (``run.marker``); see :func:`log_sweep_summary`."""
     if mode == "auto":
         raise ValueError("resolve tracking.wandb=auto with resolve_mode() first")
     if mode == "disabled":
@@ -265,50 +296,50 @@ def log_sweep_summary(
             default=str,
         ).encode()
     ).hexdigest()
-    marker = sweep_dir / "wandb_summary.json"
-    sync = f"wandb sync {sweep_dir / 'wandb'}/offline-run-*"
+    marker = folder / run.marker
+    sync = f"wandb sync {folder / 'wandb'}/offline-run-*"
     try:
         logged = json.loads(marker.read_text()) if marker.is_file() else {}
     except (OSError, ValueError):
         logged = {}
     if logged.get("digest") == digest:
-        log.info("the sweep summary is already in W&B (%s)", logged.get("mode"))
+        log.info("%s is already in W&B (%s)", run.what, logged.get("mode"))
         return sync if logged.get("mode") == "offline" else None
     import wandb
 
     init = {
         "project": cfg.project,
         "entity": cfg.entity,
-        "group": cfg.group or sweep_dir.name,
-        "job_type": "cv-summary",
-        "name": f"{cfg.group or sweep_dir.name}-cv",
-        "id": stored_run_id(sweep_dir / "wandb_id.txt"),
+        "group": run.group,
+        "job_type": run.job_type,
+        "name": run.name,
+        "id": stored_run_id(folder / "wandb_id.txt"),
         "resume": "allow",
-        "dir": str(sweep_dir),
+        "dir": str(folder),
         "tags": list(cfg.tags) or None,
         "settings": wandb.Settings(init_timeout=cfg.init_timeout, console="off", silent=True),
     }
-    run = None
+    wandb_run = None
     for attempt in [mode, "offline"] if mode == "online" else [mode]:
         try:
-            run = wandb.init(**init, mode=attempt)
+            wandb_run = wandb.init(**init, mode=attempt)
             mode = attempt
             break
         except Exception as e:
-            log.warning("W&B could not start %s for the sweep summary (%s)", attempt, _short(e))
-    if run is None:
+            log.warning("W&B could not start %s for %s (%s)", attempt, run.what, _short(e))
+    if wandb_run is None:
         return None
     try:
-        run.log(
+        wandb_run.log(
             {
                 **{key: wandb.Image(str(path)) for key, path in images.items()},
-                "cv/settings": wandb.Table(columns=list(columns), data=[list(r) for r in rows]),
+                run.table_key: wandb.Table(columns=list(columns), data=[list(r) for r in rows]),
             }
         )
-        run.summary.update(dict(summary))
+        wandb_run.summary.update(dict(summary))
         atomic_write_text(marker, json.dumps({"digest": digest, "mode": mode}) + "\n")
     except Exception as e:
-        log.warning("W&B did not take the sweep summary (%s)", _short(e))
+        log.warning("W&B did not take %s (%s)", run.what, _short(e))
     finally:
-        run.finish()
+        wandb_run.finish()
     return sync if mode == "offline" else None

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import torch
 from accelerate import Accelerator
@@ -32,7 +32,8 @@ from brainmri.data.splits import split_rule
 from brainmri.data.transforms import fixed_normalization, resolve_augment
 from brainmri.models import check_pretrained_source
 from brainmri.records import DatasetInfo
-from brainmri.training.distributed import cpu_has_native_bf16, make_accelerator
+from brainmri.training.distributed import cpu_has_native_bf16, make_accelerator, plain_model
+from brainmri.training.flops import cpu_peak, gpu_peak, train_flops_per_image
 from brainmri.training.preparation import dataset_info
 from brainmri.training.step import Training, build_training
 
@@ -141,6 +142,30 @@ def describe(cfg: Config, accelerator: Accelerator, splits: DatasetSplits) -> di
     }
 
 
+def machine_limit(training: Training, cfg: Config, accelerator: Accelerator, isa_cap: Optional[str]) -> dict:
+    """A training image's FLOPs and the device's peak for this precision (None where unknown)."""
+    model = plain_model(accelerator, training.step.model)
+    flops = train_flops_per_image(model, cfg.in_chans, cfg.data.image_size, cfg.train.channels_last)
+    half = accelerator.mixed_precision in ("bf16", "fp16")
+    device = accelerator.device
+    if device.type == "cuda":
+        peak = gpu_peak(torch.cuda.get_device_name(device), half)
+    else:
+        peak = cpu_peak(torch.get_num_threads(), half, isa_cap)
+    return {
+        "train_gflop_per_image": round(flops / 1e9, 3),
+        "peak_tflops": round(peak.flops / 1e12, 3) if peak else None,
+        "peak_basis": peak.basis if peak else "unknown for this device",
+    }
+
+
+def add_flop_rates(result: dict, flops_per_image: float, peak_tflops: Optional[float]) -> None:
+    """Achieved TFLOP/s of the training step and its fraction of the peak, for a pipeline's result."""
+    achieved = flops_per_image * 1e9 * result["train_img_s"] / 1e12
+    result["train_tflops"] = round(achieved, 4)
+    result["fraction_of_peak"] = round(achieved / peak_tflops, 4) if peak_tflops else None
+
+
 def run_benchmark(
     cfg: Config,
     pipelines: tuple[str, ...] = ("cached",),
@@ -148,6 +173,7 @@ def run_benchmark(
     steps: int = 2,
     rounds: int = 2,
     log: Callable[[str], None] = print,
+    isa_cap: Optional[str] = None,
 ) -> dict:
     """Measure every pipeline on ``cfg`` (model, precision, batch size, image size).
 
@@ -156,9 +182,10 @@ def run_benchmark(
     per cent over minutes (turbo, neighbours on a shared node); measured one after the other,
     that drift would land in the ratio, while alternating windows see the same machine.
     Batches the loader's workers prefetched during a model window are skipped, not counted.
+    ``isa_cap``: oneDNN's ``ONEDNN_MAX_CPU_ISA`` where set, for the CPU's peak.
     """
     check_pretrained_source(cfg.model)  # one line, as train.py says it, before any data is read
-    accelerator = make_accelerator(cfg.train)
+    accelerator = make_accelerator(cfg.train, cfg.seed)
     device = accelerator.device
     # Speed does not depend on which images validate: skip the perceptual hashes of the grouped split.
     rule = dataclasses.replace(split_rule(cfg.data, cfg.seed), groups="none")
@@ -179,6 +206,9 @@ def run_benchmark(
             training = build_training(dataclasses.replace(cfg, data=data), accelerator, splits, info)
             log(f"{pipeline}: input alone, then {rounds} round(s) of {steps} model-only and {steps} training steps")
             out[pipeline] = measure_pipeline(training, device, warmup, steps, rounds)
+            if "train_gflop_per_image" not in out:
+                out.update(machine_limit(training, cfg, accelerator, isa_cap))
+            add_flop_rates(out[pipeline], out["train_gflop_per_image"], out["peak_tflops"])
             if pipeline == "cached":
                 out["cache_build_s"] = round(training.loaders.cache_build_seconds, 2)
                 out["cache_on_device"] = training.loaders.cache_on_device

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -25,11 +26,12 @@ from torch import nn
 
 from brainmri.data.samples import Sample
 from brainmri.errors import CheckpointError
-from brainmri.records import DatasetInfo, EpochRecord, InferenceSpec, Predictions, RunResults, is_better
+from brainmri.records import BudgetPlan, DatasetInfo, EpochRecord, InferenceSpec, Predictions, RunResults, is_better
 from brainmri.reporting.model_card import write_model_card
 from brainmri.rundir import RunDir, atomic_replace, atomic_write_json, atomic_write_text, write_jsonl
 from brainmri.scoring.calibration import Calibration, stamp_weights, write_calibration
 from brainmri.training.distributed import plain_model
+from brainmri.training.elastic import STATE_FILE, resume_folder
 from brainmri.weights import INFERENCE_KEY, verify_checkpoint_folder, without_compile_prefix
 
 log = logging.getLogger(__name__)
@@ -46,10 +48,14 @@ class TrainState:
     best_metric: Optional[float] = None
     best_epoch: Optional[int] = None
     history: list[EpochRecord] = field(default_factory=list)
+    world_size: int = 0  # ranks the global batch is planned for (brainmri.training.elastic); 0: unknown
+    ranks: int = 0  # ranks that wrote this checkpoint
+    plan: Optional[BudgetPlan] = None  # train.budget's plan (brainmri.training.budget)
+    used_seconds: float = 0.0  # wall clock this run has used, over its attempts, at this checkpoint
 
     # Stored as JSON beside Accelerate's files rather than registered with Accelerate, which
     # unpickles registered objects with weights_only=False: a checkpoint must hold no code.
-    FILE = "train_state.json"
+    FILE = STATE_FILE
 
     def finish_epoch(self, record: EpochRecord, metric: str) -> bool:
         """Add a finished epoch; True when it is the best so far by ``metric``."""
@@ -73,6 +79,10 @@ class TrainState:
             "best_metric": self.best_metric,
             "best_epoch": self.best_epoch,
             "history": [r.to_json() for r in self.history],
+            "world_size": self.world_size,
+            "ranks": self.ranks,
+            "plan": self.plan.to_json() if self.plan is not None else None,
+            "used_seconds": self.used_seconds,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -86,6 +96,11 @@ class TrainState:
         if isinstance(history, str):  # checkpoints written before 0.2 stored the history as a JSON string
             history = json.loads(history)
         self.history = [EpochRecord.from_json(r) for r in history]
+        self.world_size = int(state.get("world_size", 0))  # absent before elastic node counts
+        self.ranks = int(state.get("ranks", 0))
+        plan = state.get("plan")  # absent before train.budget
+        self.plan = BudgetPlan.from_json(plan) if plan else None
+        self.used_seconds = float(state.get("used_seconds", 0.0))
 
     def save(self, folder: Path) -> None:
         atomic_write_json(folder / self.FILE, self.state_dict())
@@ -131,6 +146,8 @@ class Checkpointer:
         At an epoch's end ``state.batches`` is 0; mid-epoch it counts the batches trained, and
         ``rows`` (every rank's, gathered) keeps the epoch's training predictions so far."""
         acc = self.accelerator
+        started = time.perf_counter()
+        state.ranks = acc.num_processes
         tmp = self.run.temp_checkpoint(state.epoch, state.batches)
         final = self.run.checkpoint(state.epoch, state.batches)
         if self.is_main:
@@ -148,6 +165,11 @@ class Checkpointer:
             self.run.prune_checkpoints(self.keep, state.best_epoch)
             write_jsonl(self.run.metrics, [r.to_json() for r in state.history])
         acc.wait_for_everyone()
+        if self.is_main and state.batches:
+            size = sum(f.stat().st_size for f in final.iterdir() if f.is_file()) / 2**20
+            where = f"batch {state.batches} of epoch {state.epoch + 1}"
+            seconds = time.perf_counter() - started
+            log.info("checkpoint at step %d (%s): %.1f MB in %.2f s, %s", state.step, where, size, seconds, final)
         return final
 
     def write_best(self, model: nn.Module, state: TrainState) -> None:
@@ -204,13 +226,15 @@ class Checkpointer:
     def resume(self, state: TrainState) -> bool:
         """Load the newest complete checkpoint into the prepared objects and ``state``.
 
-        Returns False (and changes nothing) when the run has no complete checkpoint yet.
+        Returns False (and changes nothing) when the run has no complete checkpoint yet, or
+        only a mid-epoch one of the first epoch written by another number of ranks.
         """
-        latest = self.run.latest_checkpoint()
-        if latest is None:
-            log.info("resume=auto: no complete checkpoint in %s, starting from epoch 1", self.run.path)
+        path, note = resume_folder(self.run, self.accelerator.num_processes)
+        if note:
+            log.warning("%s", note)
+        if path is None:
+            log.info("resume=auto: no usable checkpoint in %s, starting from epoch 1", self.run.path)
             return False
-        _, path = latest
         verify_checkpoint_folder(path)  # refuse planted pickles before Accelerate opens anything
         self.accelerator.load_state(str(path))
         state.load(path)

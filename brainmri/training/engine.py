@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from brainmri import config as config_lib
 from brainmri.config import Config
+from brainmri.data.transforms import resolve_augment
 from brainmri.models import check_pretrained_source, count_parameters
 from brainmri.records import EpochRecord, Predictions, RunResults, TrainEpoch
 from brainmri.reporting.reporter import Reporter
@@ -42,9 +43,10 @@ from brainmri.training.distributed import (
     plain_model,
     preparation_group,
 )
+from brainmri.training.elastic import placement_for
 from brainmri.training.heartbeat import Heartbeat, describe_loss, find_quiet_rank
-from brainmri.training.optim import fast_forward
 from brainmri.training.preparation import PreparedRun, prepare_run
+from brainmri.training.schedule import Schedule
 from brainmri.training.step import Training, build_training
 from brainmri.weights import inference_spec
 
@@ -63,18 +65,27 @@ class Trainer:
         wandb_mode: Optional[str] = None,
         stop_event: Optional[threading.Event] = None,
         node: Optional[str] = None,
+        nodes: Optional[int] = None,
+        started: Optional[float] = None,
+        slurm_seconds_left: Optional[float] = None,
     ):
         """``wandb_mode`` is ``tracking.wandb`` with ``auto`` already resolved by the caller
         (see :func:`brainmri.reporting.tracking.resolve_mode`); an unresolved ``auto`` means offline.
         ``stop_event``, set from any rank (a signal handler, say), makes all ranks stop together
         at the next step with :class:`TrainingInterrupted`. ``node``: this process's node name
-        (SLURM's), for the heartbeat that names a lost rank; default the host name."""
+        (SLURM's), for the heartbeat that names a lost rank; default the host name. ``nodes``:
+        how many nodes this attempt runs on, for the elastic resume line. ``started``: when the
+        command started (``time.time()``), the zero of ``train.budget``; ``slurm_seconds_left``:
+        the job's time left then, for ``train.budget=slurm``."""
         self.cfg = cfg
         self.show_progress = show_progress
         mode = wandb_mode or cfg.tracking.wandb
         self.wandb_mode = "offline" if mode == "auto" else mode
         self.stop_event = stop_event
         self.node = node
+        self.nodes = nodes
+        self.started = time.time() if started is None else started
+        self.slurm_seconds_left = slurm_seconds_left
         self.state = TrainState()
         self.heartbeat: Optional[Heartbeat] = None
         # Made by setup(); close() releases whatever setup got as far as making.
@@ -86,24 +97,31 @@ class Trainer:
     def setup(self) -> None:
         """The accelerator, the prepared run folder and data, the step, and the saved state."""
         cfg = self.cfg
-        self.accelerator = acc = make_accelerator(cfg.train)
+        self.accelerator = acc = make_accelerator(cfg.train, cfg.seed)
         set_seed(cfg.seed, device_specific=True)
         prep = preparation_group(acc)
         source = on_main(acc, lambda: check_pretrained_source(cfg.model), prep)  # one line, before any data is read
         if source:
             log.info("pretrained %s weights from %s", cfg.model.name, source)
         self.prepared: PreparedRun = prepare_run(cfg, acc, prep)
+        placement = placement_for(
+            self.prepared.run, self.prepared.mode, cfg.train.grad_accum, cfg.train.world_size, acc.num_processes
+        )
+        acc.gradient_accumulation_steps = placement.grad_accum
         self.training: Training = build_training(cfg, acc, self.prepared.splits, self.prepared.info, prep)
         rolling = cfg.train.checkpoint_minutes > 0
         self.stop = StopSignal(acc, self.stop_event, cfg.train.collective_timeout, rolling=rolling)
         info = self.prepared.info
-        spec = inference_spec(cfg, info)
+        spec = inference_spec(cfg, info, resolve_augment(cfg.augment).normalize)
         label = WeightsLabel(cfg.train.select_metric, cfg.model.name, config_lib.to_yaml(cfg), info, spec)
         self.checkpointer = Checkpointer(acc, self.prepared.run, label, cfg.train.keep_checkpoints)
         resumed = self.prepared.mode == "resume" and self.checkpointer.resume(self.state)
-        if resumed:
-            total = self.training.steps_per_epoch * cfg.train.epochs
-            fast_forward(self.training.step.scheduler, self.state.step, total)
+        self.state.world_size = placement.planned_world
+        if placement.changed and acc.is_main_process:
+            log.warning("%s %s", "resumed" if resumed else "started", placement.describe(self.nodes))
+        self.schedule = Schedule(
+            acc, cfg.train, cfg.optim, self.training, self.state, self.started, self.slurm_seconds_left
+        )
         self.reporter = Reporter(
             acc,
             self.prepared.run,
@@ -142,7 +160,8 @@ class Trainer:
         if done and self.checkpointer.resumed_rows is not None:
             buffer.add_rows(self.checkpointer.resumed_rows)
         batches = acc.skip_first_batches(loader, done) if done else loader
-        with self.reporter.epoch_progress(epoch, self.cfg.train.epochs, len(loader) - done) as meter:
+        self.schedule.new_epoch()
+        with self.reporter.epoch_progress(epoch, self.schedule.epochs, len(loader) - done) as meter:
             for images, targets, index in batches:
                 self._between_steps(buffer, seconds_before + time.perf_counter() - meter.start)
                 out = step(images, targets)
@@ -151,6 +170,7 @@ class Trainer:
                 if self.heartbeat is not None:
                     self.heartbeat.step(self.state.step)
                 buffer.add(index, out.logits, targets, out.per_sample)
+                self.schedule.after_step()
                 meter.add(len(targets))
                 self.reporter.step(meter, self.state.step, out.stepped, out.loss, step.lr)
         seconds = seconds_before + time.perf_counter() - meter.start
@@ -166,6 +186,7 @@ class Trainer:
             macro_f1=metrics["train/macro_f1"],
             throughput=len(predictions.targets) / seconds,
             seconds=seconds,
+            samples=len(predictions.targets),
         )
 
     def evaluate(self, loader: DataLoader, split: str) -> dict:
@@ -215,9 +236,13 @@ class Trainer:
             lr=lr,
             epoch_time=time.perf_counter() - started,
             gpu_mem_peak_gb=gpu_peak,
+            train_samples=train.samples,
+            ranks=self.accelerator.num_processes,
+            grad_accum=self.accelerator.gradient_accumulation_steps,
         )
         if self.state.finish_epoch(record, self.cfg.train.select_metric):
             self.checkpointer.write_best(self.model, self.state)
+        self.state.used_seconds = self.schedule.used_seconds()
         self.checkpointer.save(self.state)
         self._checkpointed_at, self._checkpointed = time.perf_counter(), (self.state.epoch, 0)
         return record
@@ -244,6 +269,7 @@ class Trainer:
             mixed_precision=self.accelerator.mixed_precision,
             best_val=best.val_metrics(),
             tta=tta,
+            budget=self.state.plan,
         )
         if self.training.test_loader is not None:
             predictions = self.predict(self.training.test_loader, tta)
@@ -255,6 +281,7 @@ class Trainer:
             if calibration is not None:
                 metrics.update(calibrated_metrics(predictions, calibration, "test"))
             results.test = metrics
+        results.wall_seconds = self.schedule.used_seconds()
         self.checkpointer.write_results(results)
         return results
 
@@ -273,15 +300,17 @@ class Trainer:
         """Train every remaining epoch, then test the best model."""
         try:
             self.setup()
-            for epoch in range(self.state.epoch, self.cfg.train.epochs):
-                started, lr = time.perf_counter(), self.training.step.lr
+            while self.state.epoch < self.schedule.epochs:
+                epoch, started, lr = self.state.epoch, time.perf_counter(), self.training.step.lr
                 train = self.train_epoch(epoch)
                 val = self.evaluate(self.training.val_loader, "val") if self.training.val_loader is not None else None
                 record = self.finish_epoch(epoch, train, val, lr, started)
-                self.reporter.epoch(record, self.state.history, self.state.best_epoch, self.cfg.train.epochs)
+                self.reporter.epoch(record, self.state.history, self.state.best_epoch, self.schedule.epochs)
+                self.schedule.after_epoch(time.perf_counter() - started)
             results = self.test()
             self.reporter.end(results, self.state.history)
-            self.reporter.gradcam(self._plain_model(), self.prepared.splits, self.prepared.info)
+            normalize = resolve_augment(self.cfg.augment).normalize
+            self.reporter.gradcam(self._plain_model(), self.prepared.splits, self.prepared.info, normalize)
             return results
         except TrainingInterrupted as e:
             log.warning("training stopped at epoch %d: %s", self.state.epoch + 1, e)
@@ -312,27 +341,15 @@ class Trainer:
         an epoch's first batch the previous epoch's checkpoint is this state already.
         """
         state = self.state
-        if state.batches % self.cfg.train.grad_accum:
+        if state.batches % self.accelerator.gradient_accumulation_steps:
             return
         minutes = self.cfg.train.checkpoint_minutes
         due = minutes > 0 and time.perf_counter() - self._checkpointed_at >= 60 * minutes
         stop, save = self.stop.poll(due)
         if (stop or save) and state.batches and self._checkpointed != (state.epoch, state.batches):
-            state.epoch_seconds = seconds
-            started = time.perf_counter()
-            path = self.checkpointer.save(state, buffer.gather_rows(self.accelerator))
+            state.epoch_seconds, state.used_seconds = seconds, self.schedule.used_seconds()
+            self.checkpointer.save(state, buffer.gather_rows(self.accelerator))
             self._checkpointed_at, self._checkpointed = time.perf_counter(), (state.epoch, state.batches)
-            if self.accelerator.is_main_process:
-                size = sum(f.stat().st_size for f in path.iterdir() if f.is_file()) / 2**20
-                where = f"batch {state.batches} of epoch {state.epoch + 1}"
-                log.info(
-                    "checkpoint at step %d (%s): %.1f MB in %.2f s, %s",
-                    state.step,
-                    where,
-                    size,
-                    self._checkpointed_at - started,
-                    path,
-                )
         if stop:
             where = (
                 f"batch {state.batches} of epoch {state.epoch + 1}"

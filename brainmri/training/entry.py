@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -45,6 +46,9 @@ def train(
     show_progress: bool,
     stop_event: Optional[threading.Event] = None,
     node: Optional[str] = None,
+    nodes: Optional[int] = None,
+    started: Optional[float] = None,
+    slurm_seconds_left: Optional[float] = None,
 ) -> int:
     """Train ``cfg`` into its run directory; the main process prints the config and the results."""
     from brainmri.training.distributed import distributed_state
@@ -54,7 +58,16 @@ def train(
     setup_logging(is_main)
     if is_main:
         print_config(config_lib.to_yaml(cfg))
-    trainer = Trainer(cfg, show_progress=show_progress, wandb_mode=wandb_mode, stop_event=stop_event, node=node)
+    trainer = Trainer(
+        cfg,
+        show_progress=show_progress,
+        wandb_mode=wandb_mode,
+        stop_event=stop_event,
+        node=node,
+        nodes=nodes,
+        started=started,
+        slurm_seconds_left=slurm_seconds_left,
+    )
     results = trainer.fit()
     if is_main:
         print_results(results.to_json())
@@ -70,13 +83,19 @@ def main(
 ) -> int:
     """Parse ``argv`` and dry-run or train; a toolkit error is one line (from rank 0 only) and exit code 2."""
     from brainmri.reporting.tracking import resolve_mode
+    from brainmri.training.budget import slurm_time_left
+
+    started = time.time()  # train.budget counts from here: start to results
 
     def command(args: shell.Args) -> int:
         cfg = shell.load_run_config(args.settings, recipes, environ)
         if args["--dry-run"]:
             return dry_run(cfg)
         node = environ.get("SLURMD_NODENAME")  # the heartbeat names a lost rank by its SLURM node
-        return train(cfg, resolve_mode(cfg.tracking.wandb, environ), show_progress, stop_event, node)
+        nodes = int(environ.get("SLURM_JOB_NUM_NODES", "0")) or None  # an elastic attempt says how many it got
+        left = slurm_time_left(environ) if cfg.train.budget == "slurm" else None
+        mode = resolve_mode(cfg.tracking.wandb, environ)
+        return train(cfg, mode, show_progress, stop_event, node, nodes, started, left)
 
     # Every rank fails alike; one line from the first is enough.
     return shell.run(command, argv, FLAGS, quiet=environ.get("RANK", "0") != "0")

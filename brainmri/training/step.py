@@ -169,7 +169,8 @@ def build_training(
     test_loader = accelerator.prepare(loaders.test) if loaders.test is not None else None
     train_transform = loaders.train_batch_transform.to(device) if loaders.train_batch_transform is not None else None
     eval_transform = loaders.eval_batch_transform.to(device) if loaders.eval_batch_transform is not None else None
-    steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum)
+    # The accelerator's accumulation, not train.grad_accum: an elastic attempt scales it.
+    steps_per_epoch = math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps)
     scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch, cfg.train.epochs)
     step = TrainStep(accelerator, model, optimizer, scheduler, criterion, cfg.train, train_transform)
     return Training(step, train_loader, val_loader, test_loader, eval_transform, steps_per_epoch, loaders)

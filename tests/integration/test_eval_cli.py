@@ -441,3 +441,32 @@ def test_predict_reads_a_dicom_series_and_a_nifti_volume(trained, tmp_path):
         sum(int(s[f"votes_{c}"]) for c in ("glioma", "meningioma", "notumor", "pituitary")) == 3 for s in summary
     )
     assert summary[0]["tumour"] in ("glioma", "meningioma", "pituitary") and "volume(s)" in proc.stdout
+
+
+def test_robustness_report_scores_every_corruption_in_memory_and_its_clean_row_is_evaluates(trained):
+    root, out = trained
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    before = [(p, p.stat().st_mtime_ns, p.read_bytes()) for p in files]
+    proc = run_script(python(str(LAUNCH / "evaluate.py"), f"run={out}", "robustness=true"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "robustness_test.json").read_text())
+    names = ["gamma_up", "gamma_down", "contrast", "brightness", "noise", "jpeg", "resolution", "blur"]
+    assert list(report["corruptions"]) == names and report["size"] == 13
+    accs = []
+    for name in names:
+        severities = report["corruptions"][name]["severities"]
+        assert list(severities) == ["1", "2", "3", "4", "5"]
+        accs += [severities[s]["acc"] for s in severities]
+    assert all(0 <= a <= 1 for a in accs)
+    assert report["mean_corruption_acc"] == pytest.approx(sum(accs) / len(accs))
+    worst = report["worst"]
+    assert worst["acc"] == min(accs) and worst["drop"] == pytest.approx(report["clean_acc"] - min(accs))
+    assert (out / "figures" / "robustness_test.png").read_bytes()[:8] == PNG
+    assert "mean corruption accuracy" in proc.stdout and "worst:" in proc.stdout
+    # the clean row is evaluate.py's accuracy (same weights, split and TTA)
+    proc = run_script(python(str(LAUNCH / "evaluate.py"), f"run={out}"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert report["clean_acc"] == pytest.approx(json.loads((out / "eval_test.json").read_text())["test/acc"], abs=1e-9)
+    # the corrupted copies lived in memory: the dataset folder is byte for byte as it was
+    assert sorted(p for p in root.rglob("*") if p.is_file()) == files
+    assert [(p, p.stat().st_mtime_ns, p.read_bytes()) for p in files] == before

@@ -56,6 +56,11 @@ def test_demo_two_processes_ddp(tmp_path):
         assert (out / name).is_file(), name
     split_rows = (out / "split.csv").read_text().splitlines()[1:]
     assert len(split_rows) == 200
+    # Both ranks shuffle alike and train disjoint halves: every training image each epoch
+    # (the ranks' shuffles once differed, and a quarter of the images went unseen).
+    train_rows = [r for r in split_rows if r.split(",")[2] == "train"]
+    assert [r["train/samples"] for r in history] == [len(train_rows)] * 2
+    assert [(r["ranks"], r["grad_accum"]) for r in history] == [(2, 1)] * 2
     # Calibration: a temperature fitted on the best weights' validation predictions, and
     # those predictions (every validation image once, across both ranks) beside it.
     calibration = json.loads((out / "calibration.json").read_text())
@@ -343,6 +348,15 @@ def test_bench_writes_json_with_positive_numbers(tmp_path):
     assert result["cpu_native_bf16"] is cpu_has_native_bf16() and result["cpu"]
     assert result["device"].startswith("cpu") and result["cache_on_device"] is True
     assert result["steps"] == 2 and result["rounds"] == 2
+    # ResNet18 at 64 px, one channel: about 0.84 GFLOP a training image (forward x 3).
+    assert 0.6 < result["train_gflop_per_image"] < 1.1
+    for pipeline in ("cached", "pil"):
+        rates = result[pipeline]
+        assert rates["train_tflops"] == pytest.approx(
+            result["train_gflop_per_image"] * rates["train_img_s"] / 1e3, rel=0.02
+        )
+        if result["peak_tflops"] is not None:
+            assert 0 < rates["fraction_of_peak"] < 1
     assert list(tmp_path.iterdir()) == []  # the benchmark's scratch cache is removed
 
 
@@ -471,3 +485,35 @@ def test_compiled_ddp_run_writes_weights_that_evaluate_loads(tmp_path):
         )
     )
     assert predicted.returncode == 0, predicted.stderr[-2000:]
+
+
+def test_a_wall_clock_budget_plans_the_epochs_lays_the_schedule_over_them_and_ends_on_time(tmp_path):
+    """train.budget=40s on the demo: the plan's epochs are the epochs trained, the one-cycle
+    schedule ends with them (its last learning rate near zero), and results.json arrives
+    within the budget, with the tolerance a shared 2-core machine needs."""
+    out = tmp_path / "budget"
+    proc = run_script(
+        python(
+            TRAIN,
+            "recipe=demo",
+            "train.budget=40s",
+            "data.image_size=64",
+            f"output_dir={out}",
+            "tracking.wandb=disabled",
+        ),
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "planned: budget 40s: step" in proc.stderr + proc.stdout
+    results = json.loads((out / "results.json").read_text())
+    plan = results["budget"]
+    history = read_jsonl(out / "metrics.jsonl")
+    assert plan["budget"] == "40s" and plan["epochs"] == len(history) >= 2
+    assert results["wall_seconds"] <= 40 * 1.25, results["wall_seconds"]
+    state = json.loads((out / "checkpoints" / f"epoch_{len(history):04d}" / "train_state.json").read_text())
+    assert state["plan"] == plan and state["used_seconds"] > 0
+    # One-cycle over exactly the planned steps (128 training images, batch 8: 16 a epoch), rising
+    # from its start (lr/25) and, at the last epoch's start, already on its way down.
+    assert state["step"] == 16 * plan["epochs"]
+    lrs = [r["lr"] for r in history]
+    assert lrs[0] == pytest.approx(1e-3 / 25, rel=0.05) and lrs[-1] < 0.95e-3

@@ -268,6 +268,68 @@ def test_a_lost_or_hung_rank_ends_the_attempt_names_the_rank_and_the_job_comes_b
     print(f"{fault}: noticed after {noticed:.0f} s")
 
 
+def test_an_elastic_job_loses_a_node_and_finishes_on_the_other_with_the_same_global_batch(tmp_path):
+    """slurm.nodes=1-2 on an idle cluster gets both nodes. Node2 dies (its slurmd and its rank
+    killed, the node set DOWN): the job is requeued, SLURM starts it on node1 alone, and it
+    resumes with twice the accumulation: the same optimizer steps per epoch (so the same
+    schedule), every training image in every epoch, every epoch once."""
+    out = tmp_path / "run"
+    settings = ["slurm.nodes=1-2", "slurm.tasks_per_node=1", *CPU_JOB, "train.epochs=6", *SMALL]
+    settings += ["tracking.wandb=disabled", "train.collective_timeout=20", "train.checkpoint_minutes=0.02"]
+    waiter = subprocess.Popen(
+        python(SUBMIT, "recipe=demo", f"output_dir={out}", *settings, "--wait"),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 400
+    beat = out / "heartbeats" / "rank_1.json"
+    try:
+        while not (out / "checkpoints" / "epoch_0002").is_dir() or not beat.is_file():
+            assert time.time() < deadline and waiter.poll() is None, "no second checkpoint"
+            time.sleep(0.2)
+        jid = next((out / "slurm").glob("*_submitted.pkl")).name.split("_")[0]
+        subprocess.run(["pkill", "-KILL", "-f", "^slurmd -N node2$"], check=True)
+        os.kill(json.loads(beat.read_text())["pid"], signal.SIGKILL)  # a dead node's processes die with it
+        subprocess.run(["scontrol", "update", "NodeName=node2", "State=DOWN", "Reason=elastic-test"], check=True)
+        requeue_and_finish(jid, out, deadline + 200)
+        said, _ = waiter.communicate(timeout=120)
+    finally:
+        waiter.kill()
+        subprocess.run(["bash", str(REPO / "slurm" / "dev-cluster" / "up.sh")], capture_output=True, timeout=300)
+    assert waiter.returncode == 0 and "RUNNING on node[1-2]" in said and "RUNNING on node1\n" in said, said[-3000:]
+    err = (out / "slurm" / f"{jid}_0_log.err").read_text()
+    assert "resumed on 1 of 2 nodes, grad_accum 1 -> 2" in err, err[-3000:]
+    history = read_jsonl(out / "metrics.jsonl")
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5, 6]
+    train_images = sum(1 for row in (out / "split.csv").read_text().splitlines()[1:] if row.split(",")[2] == "train")
+    assert {r["train/samples"] for r in history} == {train_images}
+    placements = [(r["ranks"], r["grad_accum"]) for r in history]
+    assert placements[:2] == [(2, 1)] * 2 and placements[-1] == (1, 2), placements
+    state = json.loads(next((out / "checkpoints").glob("epoch_0006")).joinpath("train_state.json").read_text())
+    steps_per_epoch = -(-train_images // (16 * 2))  # batch 16 on each of the 2 planned ranks
+    assert state["step"] == 6 * steps_per_epoch and state["world_size"] == 2 and state["ranks"] == 1
+
+
+def test_a_slurm_budget_plans_from_the_jobs_own_time_left_and_ends_before_its_warning(tmp_path):
+    """train.budget=slurm inside a 3-minute job: the window is squeue's time left less submitit's
+    90 s USR2 warning, and the run ends (results.json) before that warning would stop it."""
+    out = tmp_path / "run"
+    settings = ["slurm.tasks_per_node=1", "slurm.gpus_per_node=0", "slurm.cpus_per_task=1", "slurm.timeout_min=3"]
+    proc = run_script(
+        python(SUBMIT, "recipe=demo", f"output_dir={out}", *settings, "train.budget=slurm", *SMALL, "--wait"),
+        timeout=400,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    plan = results["budget"]
+    assert plan["budget"] == "slurm" and 0 < plan["seconds"] < 180 - 90
+    assert results["wall_seconds"] < 180 - 90
+    jid = job_id(proc.stdout)
+    assert "stop requested" not in (out / "slurm" / f"{jid}_0_log.out").read_text()
+
+
 def test_sweep_of_two_node_trials_one_array_then_nothing_then_status_then_only_the_unfinished(tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = python(SWEEP, "sweep=demo", f"output_dir={sweep_dir}", "tracking.wandb=disabled")

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from brainmri.config import Config, config_from_yaml, load_config, nearest_key, to_yaml
+from brainmri.config import Config, SlurmConfig, TrainConfig, config_from_yaml, load_config, nearest_key, to_yaml
 from brainmri.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -170,3 +170,30 @@ def test_the_config_and_the_split_share_one_validation_rule(overrides):
     assert cfg.has_validation == (
         "data.val_fraction=0" not in overrides or any(o.startswith("data.folds") for o in overrides)
     )
+
+
+@pytest.mark.parametrize(
+    ("nodes", "expected"), [(2, (2, 2, False)), ("2", (2, 2, False)), ("1-2", (1, 2, True)), ("4-4", (4, 4, False))]
+)
+def test_slurm_nodes_is_a_count_or_a_range(nodes, expected):
+    slurm = SlurmConfig(nodes=nodes)
+    assert (slurm.min_nodes, slurm.max_nodes, slurm.elastic) == expected
+
+
+@pytest.mark.parametrize("nodes", [0, "0-2", "2-1", "two", "1-", "1-2-3"])
+def test_a_bad_node_range_is_one_line(nodes):
+    with pytest.raises(ConfigError, match="slurm.nodes=.* is invalid: expected an integer >= 1 or a range MIN-MAX"):
+        SlurmConfig(nodes=nodes)
+
+
+def test_a_node_range_must_keep_the_global_batch_on_every_count():
+    Config(slurm=SlurmConfig(nodes="1-2"))
+    Config(slurm=SlurmConfig(nodes="2-3"), train=TrainConfig(grad_accum=2))  # 3x2 on 2 nodes: accumulation 3
+    with pytest.raises(ConfigError, match=r"slurm.nodes=1-3 with train.grad_accum=1: on 2 node\(s\) no whole"):
+        Config(slurm=SlurmConfig(nodes="1-3"))
+
+
+def test_node_ranges_arrive_from_the_command_line(tmp_path):
+    cfg = load_config(["recipe=demo", "slurm.nodes=1-2"], RECIPES)
+    assert cfg.slurm.nodes == "1-2" and cfg.slurm.elastic
+    assert load_config(["recipe=demo", "slurm.nodes=2"], RECIPES).slurm.nodes == 2

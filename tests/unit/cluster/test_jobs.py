@@ -24,6 +24,16 @@ def test_train_args_fix_the_output_dir_and_derive_workers_from_cpus(tmp_path):
     assert cluster.train_args([], tmp_path, cpus_per_task=1, data_workers=-1)[1] == 0
 
 
+def test_an_elastic_job_trains_for_the_ranks_of_its_most_nodes(tmp_path):
+    slurm = SlurmConfig(nodes="1-2", gpus_per_node=4)
+    assert slurm.planned_world == 8 and SlurmConfig(nodes=2).planned_world is None
+    args, _ = cluster.train_args(["recipe=demo"], tmp_path, 1, 0, slurm.planned_world)
+    assert args[-1] == "train.world_size=8"
+    mine, _ = cluster.train_args(["recipe=demo", "train.world_size=4"], tmp_path, 1, 0, 8)
+    assert [a for a in mine if a.startswith("train.world_size")] == ["train.world_size=4"]  # the user's own wins
+    assert cluster.result_tasks(slurm) == 1 and cluster.result_tasks(SlurmConfig(nodes=2, gpus_per_node=4)) == 8
+
+
 def test_job_name():
     assert cluster.job_name(SlurmConfig(), "demo") == "brainmri-demo"
     assert cluster.job_name(SlurmConfig(), None, "-sweep") == "brainmri-run-sweep"
@@ -69,6 +79,21 @@ def test_executor_takes_every_slurm_key_into_the_sbatch_script(tmp_path, monkeyp
     assert "PYTHON" + "PATH" not in script  # the job imports the installed brainmri like any program
     local = cluster.make_executor(tmp_path, SlurmConfig(cluster="local", gpus_per_node=0), "x")
     assert "no sbatch script" in cluster.sbatch_preview(local)
+
+
+def test_an_elastic_executor_asks_a_node_range_without_tasks_per_node(tmp_path, monkeypatch):
+    import submitit.slurm.slurm
+
+    monkeypatch.setattr(submitit.slurm.slurm.SlurmExecutor, "affinity", classmethod(lambda cls: 1))
+    slurm = SlurmConfig(nodes="1-2", gpus_per_node=4, cpus_per_task=6, additional={"reservation": "mri"})
+    script = cluster.sbatch_preview(cluster.make_executor(tmp_path, slurm, "x"))
+    lines = script.splitlines()
+    # With --ntasks-per-node SLURM counts MIN x tasks and gives MIN nodes even when MAX are free.
+    assert "#SBATCH --nodes=1-2" in lines and not any("ntasks-per-node" in line for line in lines if "SBATCH" in line)
+    assert "#SBATCH --cpus-per-task=24" in lines and "#SBATCH --gpus-per-node=4" in lines
+    assert "#SBATCH --reservation=mri" in lines
+    srun = next(line for line in lines if line.startswith("srun "))
+    assert "--ntasks-per-node=4 --cpus-per-task=6" in srun
 
 
 def test_sbatch_refusals_become_one_line():

@@ -14,7 +14,7 @@ from brainmri.cluster import waiting
 
 def fake_job(tmp_path: Path, job_id: str = "77"):
     paths = SimpleNamespace(folder=tmp_path, stderr=tmp_path / f"{job_id}_0_log.err")
-    return SimpleNamespace(job_id=job_id, paths=paths, results=lambda: [{"ok": 1}, {"ok": 1}])
+    return SimpleNamespace(job_id=job_id, paths=paths, task=lambda i: SimpleNamespace(result=lambda: {"ok": i}))
 
 
 def queue(state: str, reason: str = "None", job_id: str = "77") -> dict:
@@ -86,7 +86,15 @@ def test_a_finished_job_is_collected_once_every_task_wrote_its_result(tmp_path):
     assert waiting.step(watch, queue("COMPLETED"), 0.0, 99.0, lambda r: None) is None  # task 1's result not yet there
     (tmp_path / "77_1_result.pkl").write_bytes(pickle.dumps(("success", {})))
     out = waiting.step(watch, queue("COMPLETED"), 0.0, 99.0, lambda r: None)
-    assert out.ok and out.results == [{"ok": 1}, {"ok": 1}]
+    assert out.ok and out.results == [{"ok": 0}, {"ok": 1}]
+
+
+def test_an_elastic_job_ends_with_rank_0s_result_whatever_its_last_attempt_had(tmp_path):
+    # slurm.nodes=1-2 that ended on one node: task 1 never wrote a result in that attempt.
+    watch = waiting.Watch(fake_job(tmp_path), "job 77", 1)
+    (tmp_path / "77_0_result.pkl").write_bytes(pickle.dumps(("success", {})))
+    out = waiting.step(watch, queue("COMPLETED"), 0.0, 99.0, lambda r: None)
+    assert out.ok and out.results == [{"ok": 0}]
 
 
 def test_summary_line():

@@ -1,0 +1,240 @@
+"""Wall-clock budgets (``train.budget``): how many epochs fit, planned from timed steps.
+
+A recipe named for 30 minutes should end in 30 minutes on any machine, not after an epoch count
+tuned on one CPU. The Trainer times training steps after a warm-up, and :func:`plan_budget`
+turns that into a number of epochs: what is left of the budget, less the rest of the current
+epoch and the reserve for the end (test phase, calibration, final files), divided by one
+epoch's cost. The learning-rate schedule is then laid over the planned steps. After every
+epoch :func:`check_plan` compares the clock with the plan and cuts epochs when the machine got
+slower; a requeued run keeps its plan unless the time left cannot hold it.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+from brainmri.config import budget_seconds
+from brainmri.errors import ConfigError
+from brainmri.records import BudgetPlan
+
+WARMUP_STEPS = 3  # the first steps of a process are slow (allocator, kernels, caches): not timed
+TIMED_STEPS = 8  # steps timed for the plan
+EVAL_RATIO = 0.4  # an evaluation batch (forward only, no augmentation) against a training step
+END_SECONDS = 3.0  # loading the best weights, fitting the temperature, writing results.json
+SAFETY = 0.97  # plan to end this early: a noisy machine has room to be slower
+SLURM_SIGNAL_SECONDS = 90.0  # submitit's USR2 warning before the time limit: the run must end before it
+PROVISIONAL_EPOCHS = 1000  # the schedule's length until the plan: its first steps are its start
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """What one epoch and the end of the run consist of, in batches."""
+
+    train_batches: int
+    eval_batches: int  # validation, every epoch
+    test_batches: int
+    tta_passes: int  # 2 with hflip test-time augmentation
+    checkpoint_seconds: float = 1.0
+
+
+def epoch_cost(shape: RunShape, step_seconds: float) -> float:
+    """One epoch: training, validation and its checkpoint."""
+    return (
+        shape.train_batches * step_seconds + shape.eval_batches * step_seconds * EVAL_RATIO + shape.checkpoint_seconds
+    )
+
+
+def end_cost(shape: RunShape, step_seconds: float) -> float:
+    """After the last epoch: validation again for the temperature, the test split (with TTA), files."""
+    eval_step = step_seconds * EVAL_RATIO
+    return (shape.eval_batches + shape.test_batches) * eval_step * shape.tta_passes + END_SECONDS
+
+
+def plan_budget(
+    budget: str,
+    seconds_left: float,
+    step_seconds: float,
+    shape: RunShape,
+    epochs_done: int,
+    batches_done: int,
+    replans: int = 0,
+) -> BudgetPlan:
+    """The epochs that fit in ``seconds_left`` (at least the current one), from a training step's time.
+
+    ``batches_done``: batches of the current epoch already trained."""
+    epoch = epoch_cost(shape, step_seconds)
+    rest = epoch - min(batches_done, shape.train_batches) * step_seconds  # of the current epoch
+    reserve = end_cost(shape, step_seconds)
+    more = math.floor((seconds_left * SAFETY - rest - reserve) / epoch)
+    return BudgetPlan(
+        budget=budget,
+        seconds=seconds_left,
+        step_seconds=step_seconds,
+        epoch_seconds=epoch,
+        reserve_seconds=reserve,
+        epochs=epochs_done + 1 + max(0, more),
+        planned_after=epochs_done,
+        replans=replans,
+    )
+
+
+def projected_seconds(plan: BudgetPlan, epochs_done: int, epoch_seconds: float) -> float:
+    """Seconds still needed to finish ``plan`` at the measured epoch time."""
+    return max(0, plan.epochs - epochs_done) * epoch_seconds + plan.reserve_seconds
+
+
+class StepTimer:
+    """Times training steps after :data:`WARMUP_STEPS`, never across an epoch boundary (the
+    validation and the loader's start lie between). Ready after :data:`TIMED_STEPS` timed
+    steps: a count, so every rank is ready at the same step and can agree on one plan."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self.timed = 0
+        self.total = 0.0
+        self.last: Optional[float] = None
+
+    def new_epoch(self) -> None:
+        self.last = None
+
+    def tick(self, now: Optional[float] = None) -> Optional[float]:
+        """Call after each step; the mean step time once enough steps are timed, else None."""
+        now = time.perf_counter() if now is None else now
+        self.seen += 1
+        if self.last is not None and self.seen > WARMUP_STEPS:
+            self.total += now - self.last
+            self.timed += 1
+        self.last = now
+        return self.total / self.timed if self.timed >= TIMED_STEPS else None
+
+
+@dataclass(frozen=True)
+class BudgetClock:
+    """This attempt's window: its start, and the seconds it may use (for ``slurm``: the job's
+    time left; for a duration: the budget less what earlier attempts used)."""
+
+    budget: str
+    started: float  # time.time() when the attempt started
+    seconds: float
+
+    def left(self, now: Optional[float] = None) -> float:
+        return self.seconds - ((time.time() if now is None else now) - self.started)
+
+
+def attempt_clock(budget: str, started: float, used_before: float, slurm_seconds_left: Optional[float]) -> BudgetClock:
+    """The window of this attempt; ``slurm_seconds_left``: the job's time left at ``started``."""
+    total = budget_seconds(budget)
+    if total is not None:
+        return BudgetClock(budget, started, total - used_before)
+    if slurm_seconds_left is None:
+        raise ConfigError("train.budget=slurm outside a SLURM job: give a duration such as train.budget=30m")
+    return BudgetClock(budget, started, slurm_seconds_left - SLURM_SIGNAL_SECONDS)
+
+
+def parse_time_left(text: str) -> Optional[float]:
+    """``squeue -o %L`` (``[days-]hours:minutes:seconds``, ``minutes:seconds``) in seconds; None when unlimited."""
+    text = text.strip()
+    if not text or text.upper() in ("UNLIMITED", "NOT_SET", "INVALID"):
+        return None
+    days, _, clock = text.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    while len(parts) < 3:
+        parts.insert(0, 0)
+    hours, minutes, seconds = parts
+    return float(((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds)
+
+
+def slurm_time_left(environ: Mapping[str, str]) -> Optional[float]:
+    """The job's time left, from ``squeue`` (SLURM exports no end time to the job); None outside a job."""
+    job = environ.get("SLURM_ARRAY_JOB_ID") and environ.get("SLURM_ARRAY_TASK_ID")
+    job_id = f"{environ['SLURM_ARRAY_JOB_ID']}_{environ['SLURM_ARRAY_TASK_ID']}" if job else environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return None
+    try:
+        out = subprocess.run(
+            ["squeue", "-h", "-j", job_id, "-o", "%L"], capture_output=True, text=True, timeout=30, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return parse_time_left(out.stdout.splitlines()[0] if out.stdout.strip() else "")
+
+
+class Budget:
+    """``train.budget`` during a run: the step timer, the plan, and the checks that keep it.
+
+    Its methods only compute; the Trainer shares their result from the main process (every
+    rank must train the same epochs) and lays the schedule over the plan."""
+
+    def __init__(self, clock: BudgetClock, shape: RunShape, plan: Optional[BudgetPlan]):
+        self.clock = clock
+        self.shape = shape
+        self.plan = plan
+        self.timer = StepTimer() if plan is None else None
+
+    def adopt(self, plan: BudgetPlan) -> None:
+        self.plan = plan
+        self.timer = None
+
+    def new_epoch(self) -> None:
+        if self.timer is not None:
+            self.timer.new_epoch()
+
+    def after_step(self, epochs_done: int, batches_done: int) -> Optional[BudgetPlan]:
+        """The first plan, once enough steps are timed; None before and after."""
+        if self.timer is None:
+            return None
+        step = self.timer.tick()
+        if step is None:
+            return None
+        return plan_budget(self.clock.budget, self.clock.left(), step, self.shape, epochs_done, batches_done)
+
+    def on_resume(self, epochs_done: int, batches_done: int) -> Optional[BudgetPlan]:
+        """A new plan when the time left cannot hold the saved one (a requeue with less time)."""
+        plan = self.plan
+        if plan is None:
+            return None
+        needed = projected_seconds(plan, epochs_done, plan.epoch_seconds) - batches_done * plan.step_seconds
+        if needed <= self.clock.left():
+            return None
+        return plan_budget(
+            plan.budget, self.clock.left(), plan.step_seconds, self.shape, epochs_done, batches_done, plan.replans + 1
+        )
+
+    def after_epoch(self, epochs_done: int, epoch_seconds: float) -> Optional[BudgetPlan]:
+        """Fewer epochs when the measured epochs would overrun the budget (a slower machine
+        than the first steps showed); None while the plan holds."""
+        plan = self.plan
+        if plan is None or epochs_done >= plan.epochs:
+            return None
+        left = self.clock.left()
+        if projected_seconds(plan, epochs_done, epoch_seconds) <= left * SAFETY:
+            return None
+        fit = epochs_done + max(0, math.floor((left * SAFETY - plan.reserve_seconds) / epoch_seconds))
+        if fit >= plan.epochs:
+            return None
+        step = plan.step_seconds * epoch_seconds / plan.epoch_seconds
+        return BudgetPlan(
+            budget=plan.budget,
+            seconds=left,
+            step_seconds=step,
+            epoch_seconds=epoch_seconds,
+            reserve_seconds=plan.reserve_seconds,
+            epochs=fit,
+            planned_after=epochs_done,
+            replans=plan.replans + 1,
+        )
+
+
+def describe_plan(plan: BudgetPlan, started: float) -> str:
+    """One line: ``budget 30m: step 1.210 s, epoch 64.0 s, end 21.2 s: 27 epochs, expected end 14:02:11, 1776 s
+    into this attempt``."""
+    planned_end = time.time() + max(0, plan.epochs - plan.planned_after) * plan.epoch_seconds + plan.reserve_seconds
+    return (
+        f"budget {plan.budget}: step {plan.step_seconds:.3f} s, epoch {plan.epoch_seconds:.1f} s, "
+        f"end {plan.reserve_seconds:.1f} s: {plan.epochs} epochs, expected end "
+        f"{time.strftime('%H:%M:%S', time.localtime(planned_end))}, {planned_end - started:.0f} s into this attempt"
+    )
