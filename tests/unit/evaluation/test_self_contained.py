@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,3 +93,21 @@ def test_the_run_directory_calibration_wins_over_the_one_carried(tmp_path):
     stamp_weights(run / "best.safetensors", Calibration(1.5, "val", 32, 1.0, 0.9))
     write_calibration(run / "calibration.json", Calibration(3.0, "cv", 100, 1.0, 0.7, "sweep"))
     assert load_trained(str(run), None, torch.device("cpu")).calibration.temperature == pytest.approx(3.0)
+
+
+def test_the_onnx_metadata_and_preprocessing_follow_a_per_image_normalization():
+    from PIL import Image
+
+    from brainmri.data.transforms import build_eval_transform
+    from brainmri.evaluation.export import OnnxModel, metadata_props
+    from brainmri.records import InferenceSpec
+
+    spec = InferenceSpec(["a", "b"], 32, 1, [0.1], [0.3], "cnn0", {}, "none", 1.5, "val", normalize="zscore")
+    props = metadata_props(spec)
+    assert props["normalize"] == "zscore" and "z-score each image over its foreground" in props["preprocessing"]
+    assert props["temperature"] == "1.5" and props["class_names"] == "a,b"
+    image = Image.fromarray((np.arange(48 * 48).reshape(48, 48) % 251).astype(np.uint8))
+    exported = OnnxModel(None, spec, Path("m.onnx"))
+    assert torch.equal(exported.transform()(image), build_eval_transform(32, [0.1], [0.3], "zscore")(image))
+    plain = metadata_props(InferenceSpec(["a", "b"], 32, 1, [0.1], [0.3], "cnn0", {}, "none"))
+    assert plain["normalize"] == "fixed" and "z-score" not in plain["preprocessing"] and plain["temperature"] == "none"
