@@ -18,7 +18,7 @@ import secrets
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 from urllib.parse import urlparse
 
 from brainmri.config import TrackingConfig
@@ -267,6 +267,43 @@ class SummaryRun:
     what: str  # for the log lines
 
 
+def _content_digest(
+    images: Mapping[str, Path], columns: Sequence[str], rows: Sequence[Sequence], summary: Mapping[str, float]
+) -> str:
+    """What a summary holds, as one hash: logging the same content twice is a no-op."""
+    content = [
+        list(columns),
+        [list(map(str, r)) for r in rows],
+        dict(summary),
+        {k: hashlib.sha256(Path(p).read_bytes()).hexdigest() for k, p in images.items()},
+    ]
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _start_summary_run(cfg: TrackingConfig, mode: str, folder: Path, run: SummaryRun) -> tuple[Any, str]:
+    """The folder's W&B run resumed in ``mode`` (online falls back to offline); (None, mode) if neither starts."""
+    import wandb
+
+    init = {
+        "project": cfg.project,
+        "entity": cfg.entity,
+        "group": run.group,
+        "job_type": run.job_type,
+        "name": run.name,
+        "id": stored_run_id(folder / "wandb_id.txt"),
+        "resume": "allow",
+        "dir": str(folder),
+        "tags": list(cfg.tags) or None,
+        "settings": wandb.Settings(init_timeout=cfg.init_timeout, console="off", silent=True),
+    }
+    for attempt in [mode, "offline"] if mode == "online" else [mode]:
+        try:
+            return wandb.init(**init, mode=attempt), attempt
+        except Exception as e:
+            log.warning("W&B could not start %s for %s (%s)", attempt, run.what, _short(e))
+    return None, mode
+
+
 def log_summary(
     cfg: TrackingConfig,
     mode: str,
@@ -284,18 +321,7 @@ def log_summary(
         raise ValueError("resolve tracking.wandb=auto with resolve_mode() first")
     if mode == "disabled":
         return None
-    digest = hashlib.sha256(
-        json.dumps(
-            [
-                list(columns),
-                [list(map(str, r)) for r in rows],
-                dict(summary),
-                {k: hashlib.sha256(Path(p).read_bytes()).hexdigest() for k, p in images.items()},
-            ],
-            sort_keys=True,
-            default=str,
-        ).encode()
-    ).hexdigest()
+    digest = _content_digest(images, columns, rows, summary)
     marker = folder / run.marker
     sync = f"wandb sync {folder / 'wandb'}/offline-run-*"
     try:
@@ -307,26 +333,7 @@ def log_summary(
         return sync if logged.get("mode") == "offline" else None
     import wandb
 
-    init = {
-        "project": cfg.project,
-        "entity": cfg.entity,
-        "group": run.group,
-        "job_type": run.job_type,
-        "name": run.name,
-        "id": stored_run_id(folder / "wandb_id.txt"),
-        "resume": "allow",
-        "dir": str(folder),
-        "tags": list(cfg.tags) or None,
-        "settings": wandb.Settings(init_timeout=cfg.init_timeout, console="off", silent=True),
-    }
-    wandb_run = None
-    for attempt in [mode, "offline"] if mode == "online" else [mode]:
-        try:
-            wandb_run = wandb.init(**init, mode=attempt)
-            mode = attempt
-            break
-        except Exception as e:
-            log.warning("W&B could not start %s for %s (%s)", attempt, run.what, _short(e))
+    wandb_run, mode = _start_summary_run(cfg, mode, folder, run)
     if wandb_run is None:
         return None
     try:

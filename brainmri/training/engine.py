@@ -122,15 +122,8 @@ class Trainer:
         self.schedule = Schedule(
             acc, cfg.train, cfg.optim, self.training, self.state, self.started, self.slurm_seconds_left
         )
-        self.reporter = Reporter(
-            acc,
-            self.prepared.run,
-            cfg.tracking,
-            cfg.figures,
-            self.wandb_mode,
-            self.show_progress,
-            cfg.train.select_metric,
-        )
+        run, metric = self.prepared.run, cfg.train.select_metric
+        self.reporter = Reporter(acc, run, cfg.tracking, cfg.figures, self.wandb_mode, self.show_progress, metric)
         self.reporter.open(config_lib.to_dict(cfg))
         parameters = count_parameters(plain_model(acc, self.model))
         self.reporter.describe(cfg.model.name, parameters, self.prepared.splits)
