@@ -445,15 +445,26 @@ def test_cv_sweep_runs_every_fold_as_one_array_and_reports_mean_and_std(tmp_path
     (run,) = [r.run for r in read_records(summary_file) if r.WhichOneof("record_type") == "run"]
     assert run.run_group == "demo" and run.job_type == "cv-summary"
     assert summarize(summary_file)["summary"]["cv/val/acc/_type"] == "image-file"
-    # The label audit reads the best setting's out-of-fold predictions; the ensemble scores the test split.
+    # The label audit reads the best setting's out-of-fold predictions. One epoch at 64 px
+    # usually leaves the folds at chance, and then the audit must refuse to rank noise; folds
+    # that beat the majority class get their label issues. Which one is due is decided here from
+    # the same out-of-fold predictions.
+    from brainmri.evaluation.label_audit import fold_skill
+    from brainmri.evaluation.labels import read_out_of_fold
+
+    oof = read_out_of_fold(sweep_dir)
     audit = run_script(
         python(str(REPO / "launch" / "audit.py"), "labels", str(sweep_dir), f"--out={tmp_path / 'labels'}")
     )
-    assert audit.returncode == 0, audit.stderr
-    assert re.search(
-        r"\d+ label issue\(s\) among 160 Training images \(setting t0\d-lr=0.00\d\)", " ".join(audit.stdout.split())
-    )
-    assert (tmp_path / "labels" / "label_issues.csv").read_text().startswith("file,given,suggested,score,p_suggested\n")
+    if fold_skill(oof).learned:
+        assert audit.returncode == 0, audit.stderr
+        said = " ".join(audit.stdout.split())  # rich wraps long lines
+        assert re.search(r"\d+ label issue\(s\) among 160 Training images \(setting t0\d-lr=0.00\d\)", said)
+        issues = (tmp_path / "labels" / "label_issues.csv").read_text()
+        assert issues.startswith("file,given,suggested,score,p_suggested\n")
+    else:
+        assert audit.returncode == 2 and "the folds have not learned" in audit.stderr, audit.stderr
+        assert len(audit.stderr.strip().splitlines()) == 1 and not (tmp_path / "labels" / "label_issues.csv").exists()
     ensemble = run_script(python(str(REPO / "launch" / "evaluate.py"), f"run={sweep_dir}"))
     assert ensemble.returncode == 0, ensemble.stderr
     assert "the ensemble of 4 runs" in ensemble.stdout and (sweep_dir / "eval_test_ensemble.json").is_file()
