@@ -8,9 +8,10 @@ the distributed environment that ``accelerate launch`` (or the SLURM launcher) e
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from datetime import timedelta
 from functools import lru_cache
-from typing import Callable, Optional, Sequence, TypeVar
+from typing import Callable, Iterator, Optional, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -203,17 +204,37 @@ def on_main(accelerator: Accelerator, fn: Callable[[], T], group: Optional[dist.
 
 
 def plain_model(accelerator: Accelerator, model: nn.Module) -> nn.Module:
-    """The user's module inside every wrapper: DDP, Accelerate's autocast, ``torch.compile``.
+    """The user's module inside every wrapper: DDP and ``torch.compile``.
 
     Its ``state_dict`` keys are the architecture's own, so weights saved from it load into
-    an uncompiled model. Accelerate's unwrap does not reach a compiled module inside DDP
-    (``DDP(compiled)``, the order ``train.compile`` prepares in), so the compile wrapper is
-    removed here too.
+    an uncompiled model. Accelerate's autocast stays on the module: its unwrap with
+    ``keep_fp32_wrapper=False`` takes it off in place, and every later training step ran in
+    fp32 (the 1.5x slower step that a run said was bf16). :func:`full_precision_forward`
+    lifts it for the length of a ``with``. Accelerate's unwrap does not reach a compiled
+    module inside DDP (``DDP(compiled)``, the order ``train.compile`` prepares in), so the
+    compile wrapper is removed here too.
     """
-    model = accelerator.unwrap_model(model, keep_fp32_wrapper=False, keep_torch_compile=False)
+    model = accelerator.unwrap_model(model, keep_fp32_wrapper=True, keep_torch_compile=False)
     while isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
         model = model._orig_mod
     return model
+
+
+@contextmanager
+def full_precision_forward(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` running its own forward, without the autocast Accelerate put on it, until the
+    ``with`` ends; then the autocast forward is back. Grad-CAM reads activations and gradients
+    as fp32 arrays."""
+    original = module.__dict__.get("_original_forward")  # Accelerate keeps the unwrapped forward here
+    wrapped = module.__dict__.get("forward")
+    if original is None or wrapped is None:
+        yield module
+        return
+    module.forward = original
+    try:
+        yield module
+    finally:
+        module.forward = wrapped
 
 
 def host_group(collective_timeout: float) -> Optional[dist.ProcessGroup]:

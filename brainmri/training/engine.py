@@ -38,6 +38,7 @@ from brainmri.training.distributed import (
     StopSignal,
     TrainingInterrupted,
     collective_failure,
+    full_precision_forward,
     make_accelerator,
     on_main,
     plain_model,
@@ -303,7 +304,8 @@ class Trainer:
             results = self.test()
             self.reporter.end(results, self.state.history)
             normalize = resolve_augment(self.cfg.augment).normalize
-            self.reporter.gradcam(self._plain_model(), self.prepared.splits, self.prepared.info, normalize)
+            with full_precision_forward(plain_model(self.accelerator, self.model)) as model:
+                self.reporter.gradcam(model, self.prepared.splits, self.prepared.info, normalize)
             return results
         except TrainingInterrupted as e:
             log.warning("training stopped at epoch %d: %s", self.state.epoch + 1, e)
@@ -350,8 +352,3 @@ class Trainer:
                 else f"the end of epoch {state.epoch}"
             )
             raise TrainingInterrupted(f"stop requested at step {state.step}; resume=auto continues from {where}")
-
-    def _plain_model(self) -> nn.Module:
-        # Without Accelerate's autocast wrapper or the compile wrapper: Grad-CAM reads
-        # activations as fp32 numpy arrays through hooks on the model's own layers.
-        return plain_model(self.accelerator, self.model)

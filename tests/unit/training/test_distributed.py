@@ -223,3 +223,31 @@ def test_a_rolling_checkpoint_is_due_when_the_main_process_says_so(monkeypatch):
     assert StopSignal(FakeAccelerator(), None, rolling=True).poll(checkpoint_due=True) == (False, True)
     idle = StopSignal(worker, None)  # no stop event, no rolling checkpoints: no collective at all
     assert idle.poll(checkpoint_due=False) == (False, False) and len(sent) == 1
+
+
+def test_plain_model_leaves_the_autocast_on_and_full_precision_forward_lifts_it_for_a_with():
+    """Accelerate's unwrap with ``keep_fp32_wrapper=False`` takes autocast off the module in
+    place: a run that once counted its parameters trained every later step in fp32."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from brainmri.training.distributed import full_precision_forward, plain_model
+
+    seen = []
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten())
+    net[0].register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    try:
+        acc = Accelerator(cpu=True, mixed_precision="bf16")
+        model = acc.prepare(net)
+        x = torch.randn(2, 1, 8, 8)
+        assert plain_model(acc, model) is net
+        assert model(x).dtype == torch.float32 and seen[-1] == torch.bfloat16  # still autocast after unwrapping
+        with full_precision_forward(plain_model(acc, model)) as plain:
+            plain(x)
+            assert seen[-1] == torch.float32
+        model(x)
+        assert seen[-1] == torch.bfloat16  # and back after the with
+        with full_precision_forward(torch.nn.Linear(2, 2)) as untouched:  # no autocast on it: nothing to lift
+            assert "forward" not in untouched.__dict__
+    finally:
+        AcceleratorState._reset_state(True)
