@@ -3,10 +3,13 @@
     python launch/bench.py recipe=resnet18_512 data.root=/data/sartaj
     python launch/bench.py recipe=resnet18_224 data.root=/data/sartaj --pipelines=cached,pil --json
     python launch/bench.py recipe=resnet18_512 data.root=... --steps=6 --rounds=3 train.channels_last=false
+    python launch/bench.py recipe=resnet18_512 data.root=... --notebook   # against the notebooks' recipe
 
 After warm-up: pipeline_img_s (input alone), model_img_s (the Trainer's step on a batch
 already on the device: the bound), train_img_s (the Trainer's step on real batches), and
-train/model, for each pipeline. Model and training steps alternate in --rounds windows of
+train/model, for each pipeline; with --notebook, the notebooks' recipe (fp32, PIL, NCHW, Adam,
+batch 16) trains in windows alternating with the first pipeline's, and vs notebook is the
+toolkit's speed over it. Model and training steps alternate in --rounds windows of
 --steps steps each, so drift in the machine's speed cancels out of the ratio. With --json
 the last output line is one JSON object. The defaults take under 5 minutes at 512 px on 2
 CPU cores without bf16 units; raise --steps and --rounds for tighter figures.
@@ -37,11 +40,16 @@ def pipelines(value: str) -> tuple[str, ...]:
 
 FLAGS = [
     shell.Flag("--json"),
+    shell.Flag("--notebook"),
     shell.Flag("--pipelines", "cached,pil", pipelines, ("cached",)),
     shell.Flag("--steps", "N", shell.whole_number(1), 2),
     shell.Flag("--warmup", "N", shell.whole_number(0), 1),
     shell.Flag("--rounds", "N", shell.whole_number(1), 2),
 ]
+
+
+def vs_cells(r: dict) -> tuple[str, str]:
+    return (f"{r['notebook_img_s']:.2f}", f"{r['vs_notebook']:.3f}") if "notebook_img_s" in r else ("", "")
 
 
 def show(result: dict, chosen: Sequence[str]) -> None:
@@ -55,6 +63,8 @@ def show(result: dict, chosen: Sequence[str]) -> None:
         f"on {result['device']} ({result['cpu']}, {bf16})"
     )
     columns = ("pipeline", "pipeline img/s", "model img/s", "train img/s", "train/model", "TFLOP/s", "of peak")
+    vs = "notebook" in result
+    columns += ("notebook img/s", "vs notebook") if vs else ()
     for column in columns:
         table.add_column(column, justify="right" if column != "pipeline" else "left")
     for p in chosen:
@@ -68,6 +78,7 @@ def show(result: dict, chosen: Sequence[str]) -> None:
             f"{r['ratio']:.3f}",
             f"{r['train_tflops']:.3f}",
             share,
+            *(vs_cells(r) if vs else ()),
         )
     console.print(table)
     extras = [
@@ -79,6 +90,9 @@ def show(result: dict, chosen: Sequence[str]) -> None:
         f"({result['peak_basis']})",
     ]
     console.print(", ".join(e for e in extras if e))
+    console.print("auto: " + "; ".join(result["auto_choices"]))
+    if vs:
+        console.print(f"the notebooks' recipe: {result['notebook']}")
 
 
 def command(args: shell.Args) -> int:
@@ -96,6 +110,7 @@ def command(args: shell.Args) -> int:
         rounds=args["--rounds"],
         log=lambda m: console.log(m),
         isa_cap=os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        against_notebook=args["--notebook"],
     )
     show(result, chosen)
     if args["--json"]:

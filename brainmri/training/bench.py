@@ -24,7 +24,7 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
-from brainmri.config import Config
+from brainmri.config import AugmentConfig, Config
 from brainmri.data.loaders import auto_workers
 from brainmri.data.samples import DatasetSplits, resolve_root
 from brainmri.data.scan import scan_dataset
@@ -84,8 +84,38 @@ def _speed_only_info(cfg: Config, splits: DatasetSplits) -> DatasetInfo:
     return dataset_info(cfg, splits, list(mean), list(std))
 
 
-def measure_pipeline(training: Training, device: torch.device, warmup: int, steps: int, rounds: int) -> dict:
-    """Input alone, then alternating windows of the step on one ready batch and on real batches."""
+NOTEBOOK = "fp32, PIL in 2 workers, NCHW, Adam without weight decay, batch 16"
+
+
+def notebook_recipe(cfg: Config) -> Config:
+    """The original notebooks' training at ``cfg``'s model, image size and augmentation preset:
+    fp32, PIL decoding in 2 workers, NCHW, Adam without weight decay, batch 16. The baseline the
+    toolkit's step must not fall behind on any CPU (docs/performance.md)."""
+    return dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, pipeline="pil", num_workers=2),
+        augment=AugmentConfig(preset=cfg.augment.preset, normalize=cfg.augment.normalize),
+        train=dataclasses.replace(cfg.train, mixed_precision="no", channels_last=False, batch_size=16, grad_accum=1),
+        optim=dataclasses.replace(cfg.optim, name="adam", weight_decay=0.0),
+    )
+
+
+def _trained(training: Training) -> Iterator[int]:
+    for x, y in _forever(training.train_loader):
+        training.step(x, y)
+        yield len(y)
+
+
+def measure_pipeline(
+    training: Training,
+    device: torch.device,
+    warmup: int,
+    steps: int,
+    rounds: int,
+    notebook: Optional[Training] = None,
+) -> dict:
+    """Input alone, then alternating windows of the step on one ready batch, on real batches,
+    and (with ``notebook``) of the notebooks' recipe on its own batches."""
     step = training.step
     step.model.train()
     inputs = ((step.prepare(x, step.transform), y) for x, y in _forever(training.train_loader))
@@ -98,28 +128,66 @@ def measure_pipeline(training: Training, device: torch.device, warmup: int, step
             step.update(ready, targets)
             yield len(targets)
 
-    def trained() -> Iterator[int]:
-        for x, y in _forever(training.train_loader):
-            step(x, y)
-            yield len(y)
-
-    model, train = bound(), trained()
-    totals = {"model": [0, 0.0], "train": [0, 0.0]}
+    windows = [("model", bound(), None), ("train", _trained(training), training.train_loader)]
+    if notebook is not None:
+        notebook.step.model.train()
+        windows.append(("notebook", _trained(notebook), notebook.train_loader))
+    totals = {name: [0, 0.0] for name, _, _ in windows}
     for r in range(rounds):
-        for name, batches, skip in (
-            ("model", model, warmup if r == 0 else 0),
-            ("train", train, warmup if r == 0 else _prefetched(training.train_loader)),
-        ):
+        for name, batches, loader in windows:
+            skip = warmup if r == 0 else (_prefetched(loader) if loader is not None else 0)
             n, t = _timed(batches, skip, steps, device)
             totals[name][0] += n
             totals[name][1] += t
-    model_img_s, train_img_s = (totals[k][0] / totals[k][1] for k in ("model", "train"))
-    return {
+    rate = {name: images / seconds for name, (images, seconds) in totals.items()}
+    out = {
         "pipeline_img_s": round(pipeline_img_s, 2),
-        "model_img_s": round(model_img_s, 2),
-        "train_img_s": round(train_img_s, 2),
-        "ratio": round(train_img_s / model_img_s, 3),
+        "model_img_s": round(rate["model"], 2),
+        "train_img_s": round(rate["train"], 2),
+        "ratio": round(rate["train"] / rate["model"], 3),
     }
+    if notebook is not None:
+        out["notebook_img_s"] = round(rate["notebook"], 2)
+        out["vs_notebook"] = round(rate["train"] / rate["notebook"], 3)
+    return out
+
+
+def auto_choices(cfg: Config, accelerator: Accelerator, training: Training, isa_cap: Optional[str]) -> list[str]:
+    """What each ``auto`` setting became on this machine, and why, one line each."""
+    device = accelerator.device
+    precision = "fp32" if accelerator.mixed_precision == "no" else accelerator.mixed_precision
+    lines = []
+    if cfg.train.mixed_precision == "auto":
+        if device.type == "cuda":
+            why = "bf16 tensor cores" if precision == "bf16" else "no bf16 tensor cores (before Ampere): fp16, scaled"
+        elif cpu_has_native_bf16():
+            why = "the CPU computes bf16 itself (AVX512-BF16 or AMX)"
+        else:
+            capped = f"oneDNN capped at {isa_cap}" if isa_cap else "no AVX512-BF16 or AMX units"
+            why = f"{capped}: bf16 would be emulated, several times slower than fp32"
+        lines.append(f"train.mixed_precision=auto -> {precision}: {why}")
+    if cfg.data.num_workers < 0:
+        workers = getattr(training.train_loader, "num_workers", 0)
+        why = (
+            "a cached pipeline on a CPU reads its rows in the training process; workers would take cores from the step"
+            if cfg.data.pipeline == "cached" and device.type != "cuda"
+            else "this process's share of the CPUs"
+        )
+        lines.append(f"data.num_workers=-1 -> {workers}: {why}")
+    if cfg.data.pipeline == "cached" and cfg.data.cache_location == "auto":
+        where = "device" if training.loaders.cache_on_device else "host"
+        lines.append(f"data.cache_location=auto -> {where}: resident where it takes at most a quarter of free memory")
+    layout = "channels_last (NHWC)" if cfg.train.channels_last else "NCHW"
+    lines.append(f"train.channels_last={str(cfg.train.channels_last).lower()} -> {layout}")
+    return lines
+
+
+def build_notebook(cfg: Config, accelerator: Accelerator, splits: DatasetSplits, info: DatasetInfo) -> Training:
+    """The notebooks' recipe (:func:`notebook_recipe`) built by the same code as the Trainer's
+    step, then taken out of the accelerator's autocast: the notebooks trained in fp32."""
+    training = build_training(notebook_recipe(cfg), accelerator, splits, info)
+    accelerator.unwrap_model(training.step.model, keep_fp32_wrapper=False)  # in place: fp32 from here on
+    return training
 
 
 def describe(cfg: Config, accelerator: Accelerator, splits: DatasetSplits) -> dict:
@@ -174,6 +242,7 @@ def run_benchmark(
     rounds: int = 2,
     log: Callable[[str], None] = print,
     isa_cap: Optional[str] = None,
+    against_notebook: bool = False,
 ) -> dict:
     """Measure every pipeline on ``cfg`` (model, precision, batch size, image size).
 
@@ -183,6 +252,8 @@ def run_benchmark(
     that drift would land in the ratio, while alternating windows see the same machine.
     Batches the loader's workers prefetched during a model window are skipped, not counted.
     ``isa_cap``: oneDNN's ``ONEDNN_MAX_CPU_ISA`` where set, for the CPU's peak.
+    ``against_notebook``: the notebooks' recipe (:func:`notebook_recipe`) trains in windows
+    alternating with the first pipeline's, and ``vs_notebook`` is the toolkit's speed over it.
     """
     check_pretrained_source(cfg.model)  # one line, as train.py says it, before any data is read
     accelerator = make_accelerator(cfg.train, cfg.seed)
@@ -204,8 +275,18 @@ def run_benchmark(
             log(f"{pipeline}: building the loaders, model and step as the Trainer does")
             data = dataclasses.replace(cfg.data, pipeline=pipeline, cache_dir=str(scratch))
             training = build_training(dataclasses.replace(cfg, data=data), accelerator, splits, info)
-            log(f"{pipeline}: input alone, then {rounds} round(s) of {steps} model-only and {steps} training steps")
-            out[pipeline] = measure_pipeline(training, device, warmup, steps, rounds)
+            notebook = None
+            if against_notebook and pipeline == pipelines[0]:
+                notebook = build_notebook(dataclasses.replace(cfg, data=data), accelerator, splits, info)
+                out["notebook"] = NOTEBOOK
+            if "auto_choices" not in out:
+                out["auto_choices"] = auto_choices(cfg, accelerator, training, isa_cap)
+            log(
+                f"{pipeline}: input alone, then {rounds} round(s) of {steps} model-only and {steps} training steps"
+                + (f" and {steps} steps of the notebooks' recipe" if notebook is not None else "")
+            )
+            out[pipeline] = measure_pipeline(training, device, warmup, steps, rounds, notebook)
+            del notebook
             if "train_gflop_per_image" not in out:
                 out.update(machine_limit(training, cfg, accelerator, isa_cap))
             add_flop_rates(out[pipeline], out["train_gflop_per_image"], out["peak_tflops"])

@@ -4,14 +4,16 @@ A recipe named for 30 minutes should end in 30 minutes on any machine, not after
 tuned on one CPU. The Trainer times training steps after a warm-up, and :func:`plan_budget`
 turns that into a number of epochs: what is left of the budget, less the rest of the current
 epoch and the reserve for the end (test phase, calibration, final files), divided by one
-epoch's cost. The learning-rate schedule is then laid over the planned steps. After every
-epoch :func:`check_plan` compares the clock with the plan and cuts epochs when the machine got
-slower; a requeued run keeps its plan unless the time left cannot hold it.
+epoch's cost, rounded to the nearest whole epoch so the run ends near its budget, not up to an
+epoch before it. The learning-rate schedule is then laid over the planned epochs. After every
+epoch :meth:`Budget.after_epoch` compares the recent epochs with the plan: it cuts epochs when the
+machine got slower, and in the run's first half adds them when it is faster than the first
+steps showed (those include kernel selection and a cold cache). A requeued run keeps its plan
+unless the time left cannot hold it.
 """
 
 from __future__ import annotations
 
-import math
 import subprocess
 import time
 from dataclasses import dataclass
@@ -25,7 +27,10 @@ WARMUP_STEPS = 3  # the first steps of a process are slow (allocator, kernels, c
 TIMED_STEPS = 8  # steps timed for the plan
 EVAL_RATIO = 0.4  # an evaluation batch (forward only, no augmentation) against a training step
 END_SECONDS = 3.0  # loading the best weights, fitting the temperature, writing results.json
-SAFETY = 0.97  # plan to end this early: a noisy machine has room to be slower
+SAFETY = 0.995  # aim this early: a noisy machine has room to be slower
+RECENT_EPOCHS = 2  # the epoch time a re-plan goes by: the mean of the last two, not one noisy epoch
+EXTEND_WITHIN = 0.5  # more epochs only in the first half: later, a longer schedule would raise the lr again
+EXTEND_MARGIN = 1.02  # and only when one more fits 2% slower epochs too, so noise does not add and then cut
 SLURM_SIGNAL_SECONDS = 90.0  # submitit's USR2 warning before the time limit: the run must end before it
 PROVISIONAL_EPOCHS = 1000  # the schedule's length until the plan: its first steps are its start
 
@@ -69,7 +74,7 @@ def plan_budget(
     epoch = epoch_cost(shape, step_seconds)
     rest = epoch - min(batches_done, shape.train_batches) * step_seconds  # of the current epoch
     reserve = end_cost(shape, step_seconds)
-    more = math.floor((seconds_left * SAFETY - rest - reserve) / epoch)
+    more = round((seconds_left * SAFETY - rest - reserve) / epoch)
     return BudgetPlan(
         budget=budget,
         seconds=seconds_left,
@@ -174,6 +179,7 @@ class Budget:
         self.shape = shape
         self.plan = plan
         self.timer = StepTimer() if plan is None else None
+        self.epoch_times: list[float] = []  # measured epochs of this attempt since its plan
 
     def adopt(self, plan: BudgetPlan) -> None:
         self.plan = plan
@@ -205,25 +211,33 @@ class Budget:
         )
 
     def after_epoch(self, epochs_done: int, epoch_seconds: float) -> Optional[BudgetPlan]:
-        """Fewer epochs when the measured epochs would overrun the budget (a slower machine
-        than the first steps showed); None while the plan holds."""
+        """A new plan when the recent epochs say the plan misses the budget: fewer epochs when
+        they would overrun it, more (in the first half) when they leave an epoch or more unused.
+        None while the plan holds."""
         plan = self.plan
         if plan is None or epochs_done >= plan.epochs:
             return None
-        left = self.clock.left()
-        if projected_seconds(plan, epochs_done, epoch_seconds) <= left * SAFETY:
-            return None
-        fit = epochs_done + max(0, math.floor((left * SAFETY - plan.reserve_seconds) / epoch_seconds))
-        if fit >= plan.epochs:
-            return None
-        step = plan.step_seconds * epoch_seconds / plan.epoch_seconds
+        self.epoch_times.append(epoch_seconds)
+        recent = self.epoch_times[-RECENT_EPOCHS:]
+        epoch = sum(recent) / len(recent)
+        usable = self.clock.left() * SAFETY - plan.reserve_seconds
+        fit = epochs_done + max(0, round(usable / epoch))
+        if fit < plan.epochs:
+            return self._replanned(plan, epochs_done, epoch, fit)
+        early = epochs_done <= plan.epochs * EXTEND_WITHIN and len(self.epoch_times) >= 2
+        surely = epochs_done + max(0, round(usable / (epoch * EXTEND_MARGIN)))
+        if early and surely > plan.epochs:
+            return self._replanned(plan, epochs_done, epoch, fit)
+        return None
+
+    def _replanned(self, plan: BudgetPlan, epochs_done: int, epoch_seconds: float, epochs: int) -> BudgetPlan:
         return BudgetPlan(
             budget=plan.budget,
-            seconds=left,
-            step_seconds=step,
+            seconds=self.clock.left(),
+            step_seconds=plan.step_seconds * epoch_seconds / plan.epoch_seconds,
             epoch_seconds=epoch_seconds,
             reserve_seconds=plan.reserve_seconds,
-            epochs=fit,
+            epochs=epochs,
             planned_after=epochs_done,
             replans=plan.replans + 1,
         )

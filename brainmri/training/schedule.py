@@ -89,14 +89,16 @@ class Schedule:
             self._adopt(on_main(self.accelerator, lambda: plan), "planned")
 
     def after_epoch(self, epoch_seconds: float) -> None:
-        """Fewer epochs when the measured epochs would overrun the budget. Not judged on the
-        epoch the plan was made in: its first steps were warm-up."""
+        """Fewer epochs when the recent epochs would overrun the budget, more (early in the run)
+        when they would leave an epoch of it unused. Not judged on the epoch a plan was made in:
+        the first plan's epoch began with warm-up."""
         plan = self.state.plan
         if self.budget is None or plan is None or self.state.epoch <= plan.planned_after + 1:
             return
         new = on_main(self.accelerator, lambda: self.budget.after_epoch(self.state.epoch, epoch_seconds))
         if new is not None:
-            self._adopt(new, "re-planned, the epochs ran slower than planned")
+            pace = "slower" if new.epochs < plan.epochs else "faster"
+            self._adopt(new, f"re-planned, the epochs ran {pace} than planned")
 
     def _lay(self, epochs: int) -> None:
         """A schedule over ``epochs``, fast-forwarded to the state's step."""

@@ -331,6 +331,7 @@ def test_bench_writes_json_with_positive_numbers(tmp_path):
             "--warmup=1",
             "--rounds=2",
             "--pipelines=cached,pil",
+            "--notebook",
             "data.image_size=64",
             "train.batch_size=8",
             f"data.cache_dir={tmp_path}",
@@ -338,6 +339,15 @@ def test_bench_writes_json_with_positive_numbers(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
+    # The notebooks' recipe alternates with the first pipeline only, and the table says what auto chose.
+    cached = result["cached"]
+    assert cached["notebook_img_s"] > 0 and "notebook_img_s" not in result["pil"]
+    assert cached["vs_notebook"] == pytest.approx(cached["train_img_s"] / cached["notebook_img_s"], rel=0.01)
+    assert result["notebook"].startswith("fp32, PIL")
+    precision = "fp32" if result["precision"] == "no" else result["precision"]
+    assert result["auto_choices"][0].startswith(f"train.mixed_precision=auto -> {precision}: ")
+    assert "data.num_workers=-1 -> 0: a cached pipeline on a CPU" in result["auto_choices"][1]
+    assert "vs notebook" in proc.stdout and "auto: train.mixed_precision=auto" in proc.stdout
     for pipeline in ("cached", "pil"):
         for key in ("pipeline_img_s", "model_img_s", "train_img_s", "ratio"):
             assert result[pipeline][key] > 0, (pipeline, key)
