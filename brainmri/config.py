@@ -206,6 +206,10 @@ class TrainConfig:
         "auto"  # auto (bf16 where the hardware has it, fp16 on older GPUs, else no) | no | bf16 | fp16
     )
     grad_accum: int = 1  # on world_size ranks; on fewer or more, scaled to keep the global batch
+    # Each batch's forward and backward in slices of this many images, one optimizer step: the same
+    # gradient, BatchNorm over each slice. auto: 16 where a CPU trains in fp32 (faster per image
+    # there, docs/performance.md), else the whole batch; 0: the whole batch.
+    micro_batch: Union[int, str] = "auto"
     # Ranks the global batch is planned for; None: the first start's. submit.py sets it for slurm.nodes=MIN-MAX.
     world_size: Optional[int] = None
     grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
@@ -230,6 +234,10 @@ class TrainConfig:
             self.mixed_precision = "no"
         _choice("train.mixed_precision", self.mixed_precision, ("auto", "no", "bf16", "fp16"))
         _check(self.grad_accum >= 1, "train.grad_accum", "an integer >= 1", self.grad_accum)
+        if self.micro_batch != "auto":
+            ok = str(self.micro_batch).isdigit()  # a bool or a negative number is not
+            _check(ok, "train.micro_batch", "auto, 0 (the whole batch) or a number of images", self.micro_batch)
+            self.micro_batch = int(self.micro_batch)
         if self.world_size is not None:
             _check(self.world_size >= 1, "train.world_size", "an integer >= 1", self.world_size)
         _check(self.grad_clip >= 0, "train.grad_clip", "a norm >= 0 (0 disables)", self.grad_clip)

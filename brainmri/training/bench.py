@@ -95,7 +95,9 @@ def notebook_recipe(cfg: Config) -> Config:
         cfg,
         data=dataclasses.replace(cfg.data, pipeline="pil", num_workers=2),
         augment=AugmentConfig(preset=cfg.augment.preset, normalize=cfg.augment.normalize),
-        train=dataclasses.replace(cfg.train, mixed_precision="no", channels_last=False, batch_size=16, grad_accum=1),
+        train=dataclasses.replace(
+            cfg.train, mixed_precision="no", channels_last=False, batch_size=16, grad_accum=1, micro_batch=0
+        ),
         optim=dataclasses.replace(cfg.optim, name="adam", weight_decay=0.0),
     )
 
@@ -177,6 +179,16 @@ def auto_choices(cfg: Config, accelerator: Accelerator, training: Training, isa_
     if cfg.data.pipeline == "cached" and cfg.data.cache_location == "auto":
         where = "device" if training.loaders.cache_on_device else "host"
         lines.append(f"data.cache_location=auto -> {where}: resident where it takes at most a quarter of free memory")
+    if cfg.train.micro_batch == "auto":
+        micro = training.step.micro_batch
+        why = (
+            "a CPU training in fp32: oneDNN's fp32 kernels are faster per image on 16-image slices"
+            if micro
+            else "whole batches are fastest with bf16 units or on a GPU"
+            if precision != "fp32" or device.type == "cuda"
+            else "the batch is a slice already"
+        )
+        lines.append(f"train.micro_batch=auto -> {micro or 'the whole batch'}: {why}")
     layout = "channels_last (NHWC)" if cfg.train.channels_last else "NCHW"
     lines.append(f"train.channels_last={str(cfg.train.channels_last).lower()} -> {layout}")
     return lines

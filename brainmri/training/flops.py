@@ -72,19 +72,31 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def cpu_clock_ghz() -> Optional[float]:
-    """The nominal or current clock: cpufreq's maximum where the kernel has it, else /proc/cpuinfo."""
+NOMINAL = "nominal clock; boost not visible, so a share can exceed 100%"
+
+
+def cpu_clock() -> Optional[tuple[float, str]]:
+    """(GHz, where it came from): cpufreq's maximum where the kernel has it, else /proc/cpuinfo's
+    clock, which is the nominal or current one: a boost above it (common in VMs, which hide
+    cpufreq) makes the achieved FLOP/s exceed a peak worked out from it."""
     try:
-        return int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text()) / 1e6
+        return int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text()) / 1e6, "max clock"
     except (OSError, ValueError):
         pass
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("cpu MHz"):
-                return float(line.split(":", 1)[1]) / 1000
+                return float(
+                    line.split(":", 1)[1]
+                ) / 1000, "nominal clock; boost not visible, so a share can exceed 100%"
     except (OSError, ValueError):
         pass
     return None
+
+
+def cpu_clock_ghz() -> Optional[float]:
+    clock = cpu_clock()
+    return clock[0] if clock else None
 
 
 def cpu_flops_per_cycle(flags: set[str], vendor: str, bf16: bool, isa_cap: Optional[str]) -> tuple[int, str]:
@@ -112,9 +124,10 @@ def cpu_flops_per_cycle(flags: set[str], vendor: str, bf16: bool, isa_cap: Optio
 
 def cpu_peak(threads: int, bf16: bool, isa_cap: Optional[str] = None) -> Optional[Peak]:
     """Peak FLOP/s of the ``threads`` cores this process computes on; None when the clock is unknown."""
-    clock = cpu_clock_ghz()
-    if clock is None:
+    known = cpu_clock()
+    if known is None:
         return None
+    clock, source = known
     vendor = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -125,7 +138,7 @@ def cpu_peak(threads: int, bf16: bool, isa_cap: Optional[str] = None) -> Optiona
         pass
     per_cycle, units = cpu_flops_per_cycle(cpu_flags(), vendor, bf16, isa_cap)
     flops = threads * clock * 1e9 * per_cycle
-    return Peak(flops, f"{threads} core(s) x {clock:.2f} GHz x {per_cycle} FLOP/cycle ({units})")
+    return Peak(flops, f"{threads} core(s) x {clock:.2f} GHz x {per_cycle} FLOP/cycle ({units}; {source})")
 
 
 def gpu_peak(name: str, bf16: bool) -> Optional[Peak]:

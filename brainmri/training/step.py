@@ -8,10 +8,11 @@ precision, optimizer, loss, memory format and batch transform.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.distributed as dist
@@ -24,7 +25,7 @@ from brainmri.data.loaders import Loaders, build_loaders
 from brainmri.data.samples import CLASS_NAMES, DatasetSplits
 from brainmri.models import build_model
 from brainmri.records import DatasetInfo
-from brainmri.training.distributed import local_process_count
+from brainmri.training.distributed import local_process_count, resolve_micro_batch
 from brainmri.training.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,10 @@ class TrainStep:
 
     ``step(images, targets)`` takes a batch as the loader yields it; ``update`` takes one
     already transformed (the benchmark's bound). The schedule advances once per optimizer
-    step, by hand: Accelerate's wrapper would step it once per process.
+    step, by hand: Accelerate's wrapper would step it once per process. With ``micro_batch``
+    the forward and backward run in slices of that many images; each slice's loss is divided
+    by the whole batch's denominator, so the gradient is the batch's, and DDP synchronizes
+    once, on the last slice.
     """
 
     def __init__(
@@ -63,8 +67,10 @@ class TrainStep:
         criterion: nn.CrossEntropyLoss,
         train: TrainConfig,
         transform: Optional[nn.Module],
+        micro_batch: int = 0,
     ):
         self.accelerator = accelerator
+        self.micro_batch = micro_batch
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -85,19 +91,40 @@ class TrainStep:
             images = images.contiguous(memory_format=torch.channels_last)
         return images
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(per-sample losses, batch loss); class weights average as CrossEntropyLoss's "mean" does."""
+    def loss(
+        self, logits: torch.Tensor, targets: torch.Tensor, denominator: Union[torch.Tensor, float, None] = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-sample losses, loss); class weights average as CrossEntropyLoss's "mean" does.
+        ``denominator``: the whole batch's, when ``targets`` are a slice of it."""
         per_sample = self.criterion(logits, targets)
+        if denominator is None:
+            denominator = self.denominator(targets)
+        return per_sample, per_sample.sum() / denominator
+
+    def denominator(self, targets: torch.Tensor) -> Union[torch.Tensor, float]:
         weight = self.criterion.weight
-        loss = per_sample.sum() / weight[targets].sum() if weight is not None else per_sample.mean()
-        return per_sample, loss
+        return weight[targets].sum() if weight is not None else float(len(targets))
+
+    def slices(self, n: int) -> list[slice]:
+        size = self.micro_batch or n
+        return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
     def update(self, images: torch.Tensor, targets: torch.Tensor) -> StepOutput:
         acc = self.accelerator
+        slices = self.slices(len(targets))
+        denominator = self.denominator(targets)
+        logits, per_sample, losses = [], [], []
         with acc.accumulate(self.model):
-            logits = self.model(images).float()
-            per_sample, loss = self.loss(logits, targets)
-            acc.backward(loss)
+            for i, part in enumerate(slices):
+                # DDP all-reduces on the last slice's backward only: the others add to the same grads.
+                sync = contextlib.nullcontext() if i == len(slices) - 1 else acc.no_sync(self.model)
+                with sync:
+                    out = self.model(images[part]).float()
+                    samples, loss = self.loss(out, targets[part], denominator)
+                    acc.backward(loss)
+                logits.append(out.detach())
+                per_sample.append(samples.detach())
+                losses.append(loss.detach())
             if acc.sync_gradients and self.grad_clip > 0:
                 acc.clip_grad_norm_(self.model.parameters(), self.grad_clip)
             self.optimizer.step()
@@ -105,7 +132,7 @@ class TrainStep:
             stepped = acc.sync_gradients
             if stepped:
                 self.scheduler.step()
-        return StepOutput(logits.detach(), per_sample.detach(), loss, stepped)
+        return StepOutput(torch.cat(logits), torch.cat(per_sample), torch.stack(losses).sum(), stepped)
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> StepOutput:
         return self.update(self.prepare(images, self.transform), targets)
@@ -172,5 +199,6 @@ def build_training(
     # The accelerator's accumulation, not train.grad_accum: an elastic attempt scales it.
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps)
     scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch, cfg.train.epochs)
-    step = TrainStep(accelerator, model, optimizer, scheduler, criterion, cfg.train, train_transform)
+    micro = resolve_micro_batch(cfg.train.micro_batch, cfg.train.batch_size, accelerator.mixed_precision, device)
+    step = TrainStep(accelerator, model, optimizer, scheduler, criterion, cfg.train, train_transform, micro)
     return Training(step, train_loader, val_loader, test_loader, eval_transform, steps_per_epoch, loaders)

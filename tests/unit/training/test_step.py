@@ -84,3 +84,49 @@ def test_bf16_autocast_on_a_cpu_runs_the_forward_in_bf16(fresh_state):
     assert dtypes[-1] == torch.bfloat16 and out.logits.dtype == torch.float32
     assert all(p.dtype == torch.float32 for p in net.parameters())  # master weights stay fp32
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_micro_batches_give_the_whole_batchs_loss_logits_and_update(fresh_state, weighted):
+    """Slices of 3, 3 and 2 images: each slice's loss over the whole batch's denominator, one
+    optimizer step. Without BatchNorm the update is the whole batch's to rounding."""
+    criterion = nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 0.5, 1.5]) if weighted else None, reduction="none")
+    results = []
+    for micro in (0, 3):
+        step, net, _ = make_step("fp32")
+        step.criterion, step.micro_batch = criterion, micro
+        assert len(step.slices(8)) == (1 if micro == 0 else 3)
+        out = step(*batch_seeded())
+        results.append((out, [p.detach().clone() for p in net.parameters()]))
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+    (whole, whole_params), (sliced, sliced_params) = results
+    assert torch.allclose(whole.logits, sliced.logits, atol=1e-6)
+    assert torch.allclose(whole.per_sample, sliced.per_sample, atol=1e-6)
+    assert torch.allclose(whole.loss, sliced.loss, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(whole_params, sliced_params))
+
+
+def batch_seeded():
+    generator = torch.Generator().manual_seed(3)
+    return torch.randn(8, 1, 8, 8, generator=generator), torch.tensor([0, 1, 2, 3, 3, 2, 1, 1])
+
+
+def test_auto_micro_batches_only_where_a_cpu_trains_in_fp32():
+    from brainmri.training.distributed import CPU_FP32_MICRO_BATCH, resolve_micro_batch
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert resolve_micro_batch("auto", 64, "no", cpu) == CPU_FP32_MICRO_BATCH == 16
+    assert resolve_micro_batch("auto", 64, "bf16", cpu) == 0  # bf16 units: whole batches
+    assert resolve_micro_batch("auto", 64, "no", gpu) == 0
+    assert resolve_micro_batch("auto", 16, "no", cpu) == 0  # a batch of 16 is one slice already
+    assert resolve_micro_batch(8, 64, "bf16", gpu) == 8 and resolve_micro_batch(0, 64, "no", cpu) == 0
+
+
+@pytest.mark.parametrize("value", ["-1", "x", "1.5"])
+def test_a_bad_micro_batch_is_one_line(value):
+    from brainmri.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.micro_batch=.* is invalid: expected auto, 0 \(the whole batch\)"):
+        TrainConfig(micro_batch=value)
+    assert TrainConfig(micro_batch="8").micro_batch == 8
