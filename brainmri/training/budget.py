@@ -220,7 +220,8 @@ class Budget:
         self.epoch_times.append(epoch_seconds)
         recent = self.epoch_times[-RECENT_EPOCHS:]
         epoch = sum(recent) / len(recent)
-        usable = self.clock.left() * SAFETY - plan.reserve_seconds
+        reserve = END_SECONDS + (plan.reserve_seconds - END_SECONDS) * epoch / plan.epoch_seconds
+        usable = self.clock.left() * SAFETY - reserve
         fit = epochs_done + max(0, round(usable / epoch))
         if fit < plan.epochs:
             return self._replanned(plan, epochs_done, epoch, fit)
@@ -231,12 +232,14 @@ class Budget:
         return None
 
     def _replanned(self, plan: BudgetPlan, epochs_done: int, epoch_seconds: float, epochs: int) -> BudgetPlan:
+        """``plan`` at the measured pace: the step and the end's evaluation scale with the epoch."""
+        pace = epoch_seconds / plan.epoch_seconds
         return BudgetPlan(
             budget=plan.budget,
             seconds=self.clock.left(),
-            step_seconds=plan.step_seconds * epoch_seconds / plan.epoch_seconds,
+            step_seconds=plan.step_seconds * pace,
             epoch_seconds=epoch_seconds,
-            reserve_seconds=plan.reserve_seconds,
+            reserve_seconds=END_SECONDS + (plan.reserve_seconds - END_SECONDS) * pace,
             epochs=epochs,
             planned_after=epochs_done,
             replans=plan.replans + 1,
