@@ -32,6 +32,10 @@ RECENT_EPOCHS = 2  # the epoch time a re-plan goes by: the mean of the last two,
 EXTEND_WITHIN = 0.5  # more epochs only in the first half: later, a longer schedule would raise the lr again
 EXTEND_MARGIN = 1.02  # and only when one more fits 2% slower epochs too, so noise does not add and then cut
 SLURM_SIGNAL_SECONDS = 90.0  # submitit's USR2 warning before the time limit: the run must end before it
+# SLURM checks time limits on a cycle and "may send the signal up to 60 seconds earlier than
+# specified" (sbatch --signal): a run that filled the window up to the nominal warning was
+# stopped 20 s short of its end on the local cluster.
+SLURM_SIGNAL_EARLY_SECONDS = 60.0
 PROVISIONAL_EPOCHS = 1000  # the schedule's length until the plan: its first steps are its start
 
 
@@ -137,7 +141,7 @@ def attempt_clock(budget: str, started: float, used_before: float, slurm_seconds
         return BudgetClock(budget, started, total - used_before)
     if slurm_seconds_left is None:
         raise ConfigError("train.budget=slurm outside a SLURM job: give a duration such as train.budget=30m")
-    return BudgetClock(budget, started, slurm_seconds_left - SLURM_SIGNAL_SECONDS)
+    return BudgetClock(budget, started, slurm_seconds_left - SLURM_SIGNAL_SECONDS - SLURM_SIGNAL_EARLY_SECONDS)
 
 
 def parse_time_left(text: str) -> Optional[float]:

@@ -126,9 +126,9 @@ def test_noise_within_the_margin_neither_adds_nor_cuts():
     assert run_epochs(budget, [109.0, 108.0, 110.0, 107.5, 109.5]) == [None] * 5
 
 
-def test_the_slurm_budget_is_the_jobs_time_left_less_submitits_warning():
+def test_the_slurm_budget_is_the_jobs_time_left_less_submitits_warning_and_slurms_early_margin():
     clock = B.attempt_clock("slurm", started=0.0, used_before=999.0, slurm_seconds_left=3600.0)
-    assert clock.seconds == 3600.0 - B.SLURM_SIGNAL_SECONDS  # per attempt: earlier attempts do not count
+    assert clock.seconds == 3600.0 - 90.0 - 60.0  # per attempt: earlier attempts do not count
     assert B.attempt_clock("30m", 0.0, 600.0, None).seconds == 1200.0
     with pytest.raises(ConfigError, match="train.budget=slurm outside a SLURM job"):
         B.attempt_clock("slurm", 0.0, 0.0, None)
