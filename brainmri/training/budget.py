@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Optional
 
 from brainmri.config import budget_seconds
@@ -223,20 +223,20 @@ class Budget:
             return None
         self.epoch_times.append(epoch_seconds)
         recent = self.epoch_times[-RECENT_EPOCHS:]
-        epoch = sum(recent) / len(recent)
-        reserve = END_SECONDS + (plan.reserve_seconds - END_SECONDS) * epoch / plan.epoch_seconds
-        usable = self.clock.left() * SAFETY - reserve
-        fit = epochs_done + max(0, round(usable / epoch))
+        paced = self._at_pace(plan, epochs_done, sum(recent) / len(recent))
+        usable = self.clock.left() * SAFETY - paced.reserve_seconds
+        fit = epochs_done + max(0, round(usable / paced.epoch_seconds))
         if fit < plan.epochs:
-            return self._replanned(plan, epochs_done, epoch, fit)
+            return replace(paced, epochs=fit)
         early = epochs_done <= plan.epochs * EXTEND_WITHIN and len(self.epoch_times) >= 2
-        surely = epochs_done + max(0, round(usable / (epoch * EXTEND_MARGIN)))
+        surely = epochs_done + max(0, round(usable / (paced.epoch_seconds * EXTEND_MARGIN)))
         if early and surely > plan.epochs:
-            return self._replanned(plan, epochs_done, epoch, fit)
+            return replace(paced, epochs=fit)
         return None
 
-    def _replanned(self, plan: BudgetPlan, epochs_done: int, epoch_seconds: float, epochs: int) -> BudgetPlan:
-        """``plan`` at the measured pace: the step and the end's evaluation scale with the epoch."""
+    def _at_pace(self, plan: BudgetPlan, epochs_done: int, epoch_seconds: float) -> BudgetPlan:
+        """``plan`` re-timed at the measured pace (its epoch count unchanged): the step and the
+        end's evaluation scale with the epoch; the files at the end do not."""
         pace = epoch_seconds / plan.epoch_seconds
         return BudgetPlan(
             budget=plan.budget,
@@ -244,7 +244,7 @@ class Budget:
             step_seconds=plan.step_seconds * pace,
             epoch_seconds=epoch_seconds,
             reserve_seconds=END_SECONDS + (plan.reserve_seconds - END_SECONDS) * pace,
-            epochs=epochs,
+            epochs=plan.epochs,
             planned_after=epochs_done,
             replans=plan.replans + 1,
         )
