@@ -224,7 +224,7 @@ class Budget:
         self.epoch_times.append(epoch_seconds)
         recent = self.epoch_times[-RECENT_EPOCHS:]
         paced = self._at_pace(plan, epochs_done, sum(recent) / len(recent))
-        usable = self.clock.left() * SAFETY - paced.reserve_seconds
+        usable = paced.seconds * SAFETY - paced.reserve_seconds  # one reading of the clock
         fit = epochs_done + max(0, round(usable / paced.epoch_seconds))
         if fit < plan.epochs:
             return replace(paced, epochs=fit)
