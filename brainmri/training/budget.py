@@ -7,9 +7,9 @@ epoch and the reserve for the end (test phase, calibration, final files), divide
 epoch's cost, rounded to the nearest whole epoch so the run ends near its budget, not up to an
 epoch before it. The learning-rate schedule is then laid over the planned epochs. After every
 epoch :meth:`Budget.after_epoch` compares the recent epochs with the plan: it cuts epochs when the
-machine got slower, and in the run's first half adds them when it is faster than the first
-steps showed (those include kernel selection and a cold cache). A requeued run keeps its plan
-unless the time left cannot hold it.
+machine got slower, and adds them when it is faster than the first steps showed (those include
+kernel selection and a cold cache) or than a slow stretch that made it cut; past the run's middle
+only cut epochs are given back. A requeued run keeps its plan unless the time left cannot hold it.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ TIMED_STEPS = 8  # steps timed for the plan
 EVAL_RATIO = 0.4  # an evaluation batch (forward only, no augmentation) against a training step
 END_SECONDS = 3.0  # loading the best weights, fitting the temperature, writing results.json
 SAFETY = 0.995  # aim this early: a noisy machine has room to be slower
-RECENT_EPOCHS = 2  # the epoch time a re-plan goes by: the mean of the last two, not one noisy epoch
-EXTEND_WITHIN = 0.5  # more epochs only in the first half: later, a longer schedule would raise the lr again
-EXTEND_MARGIN = 1.02  # and only when one more fits 2% slower epochs too, so noise does not add and then cut
+RECENT_EPOCHS = 4  # the epoch time a re-plan goes by: the mean of the last four, not one noisy epoch
+EXTEND_WITHIN = 0.5  # any number of epochs added in the first half; later only those a re-plan cut
+REPLAN_MARGIN = 1.02  # add only when one more fits 2% slower epochs, cut only when 2% faster ones overrun
 SLURM_SIGNAL_SECONDS = 90.0  # submitit's USR2 warning before the time limit: the run must end before it
 # SLURM checks time limits on a cycle and "may send the signal up to 60 seconds earlier than
 # specified" (sbatch --signal): a run that filled the window up to the nominal warning was
@@ -184,6 +184,7 @@ class Budget:
         self.plan = plan
         self.timer = StepTimer() if plan is None else None
         self.epoch_times: list[float] = []  # measured epochs of this attempt since its plan
+        self.most_epochs = 0  # the longest plan so far: late re-plans give back cut epochs, never more
 
     def adopt(self, plan: BudgetPlan) -> None:
         self.plan = plan
@@ -216,23 +217,28 @@ class Budget:
 
     def after_epoch(self, epochs_done: int, epoch_seconds: float) -> Optional[BudgetPlan]:
         """A new plan when the recent epochs say the plan misses the budget: fewer epochs when
-        they would overrun it, more (in the first half) when they leave an epoch or more unused.
-        None while the plan holds."""
+        they would overrun it, more when they would leave an epoch or more unused. None while the
+        plan holds. Both need a margin (noise must not add and then cut), and after the first
+        half more epochs only give back what an earlier re-plan cut."""
         plan = self.plan
         if plan is None or epochs_done >= plan.epochs:
             return None
+        self.most_epochs = max(self.most_epochs, plan.epochs)
         self.epoch_times.append(epoch_seconds)
         recent = self.epoch_times[-RECENT_EPOCHS:]
         paced = self._at_pace(plan, epochs_done, sum(recent) / len(recent))
         usable = paced.seconds * SAFETY - paced.reserve_seconds  # one reading of the clock
-        fit = epochs_done + max(0, round(usable / paced.epoch_seconds))
-        if fit < plan.epochs:
-            return replace(paced, epochs=fit)
-        early = epochs_done <= plan.epochs * EXTEND_WITHIN and len(self.epoch_times) >= 2
-        surely = epochs_done + max(0, round(usable / (paced.epoch_seconds * EXTEND_MARGIN)))
-        if early and surely > plan.epochs:
-            return replace(paced, epochs=fit)
-        return None
+
+        def fits(margin: float) -> int:
+            return epochs_done + max(0, round(usable / (paced.epoch_seconds * margin)))
+
+        if fits(1 / REPLAN_MARGIN) < plan.epochs:  # overruns even if the epochs get 2% faster
+            return replace(paced, epochs=fits(1.0))
+        if len(self.epoch_times) < 2 or fits(REPLAN_MARGIN) <= plan.epochs:
+            return None  # one epoch is not a pace; or no epoch to add even 2% slower
+        early = epochs_done <= plan.epochs * EXTEND_WITHIN
+        more = fits(1.0) if early else min(fits(1.0), self.most_epochs)
+        return replace(paced, epochs=more) if more > plan.epochs else None
 
     def _at_pace(self, plan: BudgetPlan, epochs_done: int, epoch_seconds: float) -> BudgetPlan:
         """``plan`` re-timed at the measured pace (its epoch count unchanged): the step and the

@@ -60,6 +60,9 @@ class Schedule:
         self.used_before = state.used_seconds
         self.epochs = train.epochs
         self.budget: Optional[Budget] = None
+        # The epoch a plan was made in, from timed steps or on a resume, began with warm-up
+        # (kernels, caches, the loader's start): it does not show the pace.
+        self.unjudged_epoch = state.epoch + 1
         if train.budget is None:
             self._lay(train.epochs)
             return
@@ -86,14 +89,16 @@ class Schedule:
             return
         plan = self.budget.after_step(self.state.epoch, self.state.batches)
         if plan is not None:
+            self.unjudged_epoch = self.state.epoch + 1
             self._adopt(on_main(self.accelerator, lambda: plan), "planned")
 
     def after_epoch(self, epoch_seconds: float) -> None:
         """Fewer epochs when the recent epochs would overrun the budget, more (early in the run)
-        when they would leave an epoch of it unused. Not judged on the epoch a plan was made in:
-        the first plan's epoch began with warm-up."""
+        when they would leave an epoch of it unused. Not judged on the epoch the first plan (or
+        a resume) was made in: it began with warm-up. A re-plan's next epoch is judged: it is a
+        whole epoch at the run's pace."""
         plan = self.state.plan
-        if self.budget is None or plan is None or self.state.epoch <= plan.planned_after + 1:
+        if self.budget is None or plan is None or self.state.epoch <= self.unjudged_epoch:
             return
         new = on_main(self.accelerator, lambda: self.budget.after_epoch(self.state.epoch, epoch_seconds))
         if new is not None:
