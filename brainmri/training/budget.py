@@ -184,10 +184,11 @@ class Budget:
         self.plan = plan
         self.timer = StepTimer() if plan is None else None
         self.epoch_times: list[float] = []  # measured epochs of this attempt since its plan
-        self.most_epochs = 0  # the longest plan so far: late re-plans give back cut epochs, never more
+        self.most_epochs = plan.epochs if plan else 0  # the longest plan: late re-plans give back up to it
 
     def adopt(self, plan: BudgetPlan) -> None:
         self.plan = plan
+        self.most_epochs = max(self.most_epochs, plan.epochs)
         self.timer = None
 
     def new_epoch(self) -> None:
@@ -223,7 +224,6 @@ class Budget:
         plan = self.plan
         if plan is None or epochs_done >= plan.epochs:
             return None
-        self.most_epochs = max(self.most_epochs, plan.epochs)
         self.epoch_times.append(epoch_seconds)
         recent = self.epoch_times[-RECENT_EPOCHS:]
         paced = self._at_pace(plan, epochs_done, sum(recent) / len(recent))

@@ -93,10 +93,10 @@ class Schedule:
             self._adopt(on_main(self.accelerator, lambda: plan), "planned")
 
     def after_epoch(self, epoch_seconds: float) -> None:
-        """Fewer epochs when the recent epochs would overrun the budget, more (early in the run)
-        when they would leave an epoch of it unused. Not judged on the epoch the first plan (or
-        a resume) was made in: it began with warm-up. A re-plan's next epoch is judged: it is a
-        whole epoch at the run's pace."""
+        """Fewer epochs when the recent epochs would overrun the budget, more when they would
+        leave an epoch of it unused (past the middle, only epochs a re-plan cut). Not judged on
+        the epoch the first plan (or a resume) was made in: it began with warm-up. A re-plan's
+        next epoch is judged: it is a whole epoch at the run's pace."""
         plan = self.state.plan
         if self.budget is None or plan is None or self.state.epoch <= self.unjudged_epoch:
             return
