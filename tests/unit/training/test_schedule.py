@@ -1,5 +1,4 @@
-"""brainmri/training/schedule.py: which epochs the budget judges the pace by, and the schedule
-rebuilt over each plan."""
+"""brainmri/training/schedule.py: which epochs the budget judges the pace by."""
 
 from __future__ import annotations
 
@@ -34,7 +33,7 @@ def finish_epoch(schedule: Schedule, seconds: float, elapsed: float) -> None:
     schedule.after_epoch(seconds)
 
 
-def test_the_epoch_after_a_resume_is_not_judged_but_the_epoch_after_a_replan_is():
+def test_the_epoch_the_first_plan_was_made_in_is_not_judged_but_the_epoch_after_a_replan_is():
     schedule = schedule_with_plan(epochs_done=0)
     planned = schedule.epochs
     finish_epoch(schedule, 80.0, 80.0)  # began with warm-up: not a pace
