@@ -83,16 +83,22 @@ def test_a_requeue_keeps_the_plan_when_the_time_left_holds_it_and_replans_when_n
     assert (new.epochs - 5) * new.epoch_seconds + new.reserve_seconds <= 600 + new.epoch_seconds / 2
 
 
+def end_epoch(budget: B.Budget, epoch: int, took: float, elapsed: float):
+    """Epoch ``epoch`` ended after ``took`` seconds, ``elapsed`` since the start: the budget's
+    re-plan, adopted as the Schedule adopts it (None: the plan stands)."""
+    budget.clock = B.BudgetClock("30m", started=time.time() - elapsed, seconds=1800.0)
+    new = budget.after_epoch(epoch, took)
+    if new is not None:
+        budget.adopt(new)
+    return new
+
+
 def run_epochs(budget: B.Budget, seconds: list[float], first: int = 1) -> list:
     """Epochs ``first``, ``first + 1``... taking ``seconds`` each by the budget's clock; what each re-plan said."""
     plans, elapsed = [], 109.0 * first  # epochs before ``first`` ran as planned
     for epoch, took in enumerate(seconds, start=first + 1):
         elapsed += took
-        budget.clock = B.BudgetClock("30m", started=time.time() - elapsed, seconds=1800.0)
-        new = budget.after_epoch(epoch, took)
-        if new is not None:
-            budget.adopt(new)
-        plans.append(new)
+        plans.append(end_epoch(budget, epoch, took, elapsed))
     return plans
 
 
@@ -109,10 +115,8 @@ def run_to_end(budget: B.Budget, pace) -> tuple[int, float, list[int]]:
         epoch += 1
         took = pace(epoch)
         elapsed += took
-        budget.clock = B.BudgetClock("30m", started=time.time() - elapsed, seconds=1800.0)
-        new = budget.after_epoch(epoch, took)
+        new = end_epoch(budget, epoch, took, elapsed)
         if new is not None:
-            budget.adopt(new)
             counts.append(new.epochs)
     return epoch, elapsed + budget.plan.reserve_seconds, counts
 
