@@ -126,6 +126,9 @@ class AugmentConfig:
     blur: Optional[List[float]] = None  # [min, max] Gaussian sigma in pixels
     downsample: Optional[float] = None  # max factor of a down-then-up resampling (drawn in [1, max])
     intensity_p: Optional[float] = None  # probability that each step above applies to a sample (default 1)
+    # Share of the planned epochs that train with the steps above; the rest train without them
+    # (the geometric steps stay), so a short run's last epochs fit clean images at a low rate.
+    intensity_until: float = 1.0
     # half (mean=std=0.5) | dataset (train split stats) | imagenet | zscore (per image, over its
     # foreground) | percentile (per image, 1st-99th percentile to [-1, 1]); see brainmri.data.intensity
     normalize: Optional[str] = None
@@ -156,6 +159,7 @@ class AugmentConfig:
             ("noise", 0.0, 1.0),
             ("downsample", 1.0, 4.0),
             ("intensity_p", 0.0, 1.0),
+            ("intensity_until", 0.0, 1.0),
         ):
             v = getattr(self, key)
             if v is not None:
@@ -432,6 +436,11 @@ class Config:
             raise ConfigError(
                 f"augment.{intensity[0]} runs on the batched path only: set data.pipeline=cached "
                 f"(data.pipeline={self.data.pipeline})"
+            )
+        if self.augment.intensity_until < 1.0 and not intensity:
+            raise ConfigError(
+                f"augment.intensity_until={self.augment.intensity_until:g} has nothing to turn off: "
+                "no intensity or resolution step is on (augment.gamma, bias_field, noise, blur, downsample, contrast)"
             )
         if not self.has_validation and self.train.select_metric != "last":
             raise ConfigError(

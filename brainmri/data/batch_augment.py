@@ -230,6 +230,9 @@ class BatchAugment(nn.Module):
         self.register_buffer("mean", torch.tensor(list(mean)).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(std)).view(1, -1, 1, 1), persistent=False)
         self.per_image = nn.Sequential(*per_image_steps(params.normalize))
+        # The Trainer turns the intensity and resolution steps off for a run's last epochs
+        # (augment.intensity_until); a flag, not a parameter, so no state_dict carries it.
+        self.intensity = True
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -247,7 +250,7 @@ class BatchAugment(nn.Module):
         x = x.float() if x.dtype == torch.uint8 else (x.clone() if x is images else x)  # never edit the caller's batch
         if self.train_mode and (p.translate > 0 or p.degrees > 0):
             x = random_affine(x, p.degrees, p.translate)
-        if self.train_mode and has_intensity(p):
+        if self.train_mode and self.intensity and has_intensity(p):
             x = random_intensity(x.div_(255.0), p).mul_(255.0)
         if self.train_mode and p.brightness is not None and tuple(p.brightness) != (1.0, 1.0):
             x = random_brightness(x.div_(255.0), *p.brightness).mul_(255.0)

@@ -155,6 +155,7 @@ class Trainer:
             buffer.add_rows(self.checkpointer.resumed_rows)
         batches = acc.skip_first_batches(loader, done) if done else loader
         self.schedule.new_epoch()
+        self.training.augment_epoch(epoch, self.schedule.epochs)
         with self.reporter.epoch_progress(epoch, self.schedule.epochs, len(loader) - done) as meter:
             for images, targets, index in batches:
                 self._between_steps(buffer, seconds_before + time.perf_counter() - meter.start)

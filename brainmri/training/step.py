@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from brainmri.config import Config, TrainConfig
+from brainmri.data.batch_augment import BatchAugment, has_intensity
 from brainmri.data.loaders import Loaders, build_loaders
 from brainmri.data.samples import CLASS_NAMES, DatasetSplits
 from brainmri.models import build_model
@@ -149,10 +150,27 @@ class Training:
     eval_transform: Optional[nn.Module]
     steps_per_epoch: int  # optimizer steps
     loaders: Loaders  # what the pipeline reported (cache build time, placement)
+    intensity_until: float = 1.0  # augment.intensity_until
 
     @property
     def model(self) -> nn.Module:
         return self.step.model
+
+    def augment_epoch(self, epoch: int, epochs: int) -> None:
+        """Intensity and resolution augmentation on for the first ``intensity_until`` of the
+        planned ``epochs``, off after (the geometric steps stay): a short run's last epochs fit
+        clean images at a low learning rate. Decided from the current plan at each epoch start,
+        so a resume decides the same."""
+        on = epoch < intensity_epochs(self.intensity_until, epochs)
+        for module in self.step.transform.modules() if self.step.transform is not None else ():
+            if isinstance(module, BatchAugment) and has_intensity(module.params) and module.intensity != on:
+                module.intensity = on
+                log.info("epoch %d: intensity and resolution augmentation %s", epoch + 1, "on" if on else "off")
+
+
+def intensity_epochs(until: float, epochs: int) -> int:
+    """How many of ``epochs`` train with intensity and resolution augmentation."""
+    return epochs if until >= 1.0 else round(until * epochs)
 
 
 def build_training(
@@ -201,4 +219,5 @@ def build_training(
     scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch, cfg.train.epochs)
     micro = resolve_micro_batch(cfg.train.micro_batch, cfg.train.batch_size, accelerator.mixed_precision, device)
     step = TrainStep(accelerator, model, optimizer, scheduler, criterion, cfg.train, train_transform, micro)
-    return Training(step, train_loader, val_loader, test_loader, eval_transform, steps_per_epoch, loaders)
+    until = cfg.augment.intensity_until
+    return Training(step, train_loader, val_loader, test_loader, eval_transform, steps_per_epoch, loaders, until)

@@ -301,15 +301,16 @@ def test_masoud_layout_grayscale_cnn_study(tmp_path):
 @pytest.mark.parametrize("recipe", ["masoud_cpu30", "masoud_gpu"])
 def test_the_scanner_robust_recipes_train_and_evaluate_as_they_trained(tmp_path, recipe):
     """The Masoud recipes as shipped (per-image z-score, intensity and resolution augmentation
-    on the cached pipeline), shrunk to seconds: the run trains, and its weights carry the
-    z-score to evaluation."""
+    on the cached pipeline), shrunk to seconds: the run trains, its last epoch without the
+    intensity steps (augment.intensity_until), and its weights carry the z-score to evaluation."""
     from brainmri.evaluation.trained import load_trained
 
     root = make_dataset(tmp_path / "data", layout="masoud", train_per_class=5, test_per_class=2, size=40)
     out = tmp_path / "run"
-    args = [a for a in fast_overrides(root, out, epochs=1) if not a.startswith(("recipe=", "augment."))]
-    proc = run_script(python(TRAIN, f"recipe={recipe}", *args))
+    args = [a for a in fast_overrides(root, out, epochs=2) if not a.startswith(("recipe=", "augment."))]
+    proc = run_script(python(TRAIN, f"recipe={recipe}", "augment.intensity_until=0.5", *args))
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "epoch 2: intensity and resolution augmentation off" in proc.stdout + proc.stderr
     assert json.loads((out / "results.json").read_text())["test/size"] == 8
     trained = load_trained(str(out))
     assert trained.normalize == "zscore" and trained.cfg.augment.gamma == [0.6, 1.6]

@@ -158,6 +158,26 @@ def test_intensity_settings_are_checked():
         AugmentConfig(downsample=5.0)
     with pytest.raises(ConfigError, match="augment.contrast runs on the batched path only: set data.pipeline=cached"):
         Config(data=DataConfig(pipeline="pil"), augment=AugmentConfig(contrast=[0.5, 1.0]))
+    with pytest.raises(ConfigError, match="augment.intensity_until=1.5 is invalid: expected a number in"):
+        AugmentConfig(intensity_until=1.5)
+    with pytest.raises(ConfigError, match="augment.intensity_until=0.8 has nothing to turn off"):
+        Config(data=DataConfig(pipeline="cached"), augment=AugmentConfig(intensity_until=0.8))
+
+
+def test_the_intensity_flag_leaves_only_the_geometric_steps():
+    """With ``intensity`` off a batch gets the crop, flip and affine of the same seed and no
+    intensity step: what augment.intensity_until turns off in a run's last epochs."""
+    geometric = dict(preset="cnn_study", normalize="half")
+    with_steps = resolve_augment(AugmentConfig(**geometric, gamma=[0.5, 2.0], noise=0.1, downsample=2.0))
+    u8 = torch.randint(0, 256, (8, 1, 24, 24), dtype=torch.uint8)
+    switched = BatchAugment(with_steps, 24, [0.5], [0.5], train=True)
+    plain = BatchAugment(resolve_augment(AugmentConfig(**geometric)), 24, [0.5], [0.5], train=True)
+    outputs = []
+    for module, on in ((switched, True), (switched, False), (plain, True)):
+        module.intensity = on
+        torch.manual_seed(3)
+        outputs.append(module(u8))
+    assert not torch.allclose(outputs[0], outputs[2]) and torch.equal(outputs[1], outputs[2])
 
 
 def test_the_per_sample_steps_equal_torchvisions_functionals_for_each_sample():

@@ -8,6 +8,7 @@ autocast it builds on a GPU (torch supports both on CPUs) and runs the real Trai
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from unittest import mock
 
 import pytest
@@ -16,9 +17,11 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from torch import nn
 
-from brainmri.config import OptimConfig, TrainConfig
+from brainmri.config import AugmentConfig, OptimConfig, TrainConfig
+from brainmri.data.batch_augment import BatchAugment
+from brainmri.data.transforms import resolve_augment
 from brainmri.training.optim import build_optimizer, build_scheduler
-from brainmri.training.step import TrainStep
+from brainmri.training.step import Training, TrainStep, intensity_epochs
 
 
 @pytest.fixture
@@ -130,3 +133,22 @@ def test_a_bad_micro_batch_is_one_line(value):
     with pytest.raises(ConfigError, match=r"train.micro_batch=.* is invalid: expected auto, 0 \(the whole batch\)"):
         TrainConfig(micro_batch=value)
     assert TrainConfig(micro_batch="8").micro_batch == 8
+
+
+def test_intensity_augmentation_stops_at_its_share_of_the_planned_epochs(caplog):
+    """augment.intensity_until=0.75 over 24 planned epochs: 18 with the intensity steps, 6
+    without; decided from the plan at each epoch start, so a resume or a re-plan decides anew."""
+    params = resolve_augment(AugmentConfig(preset="none", normalize="half", noise=0.1))
+    augment = BatchAugment(params, 8, [0.5], [0.5], train=True)
+    step = SimpleNamespace(transform=nn.Sequential(nn.Identity(), augment))  # as behind a resident cache
+    training = Training(step, None, None, None, None, 10, None, intensity_until=0.75)
+    seen = []
+    with caplog.at_level("INFO", logger="brainmri.training.step"):
+        for epoch in range(24):
+            training.augment_epoch(epoch, 24)
+            seen.append(augment.intensity)
+    assert seen == [True] * 18 + [False] * 6
+    assert [r.getMessage() for r in caplog.records] == ["epoch 19: intensity and resolution augmentation off"]
+    training.augment_epoch(18, 30)  # a later plan with more epochs: on again until its own 75%
+    assert augment.intensity
+    assert (intensity_epochs(1.0, 7), intensity_epochs(0.0, 7), intensity_epochs(0.8, 24)) == (7, 0, 19)
