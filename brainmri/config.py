@@ -104,6 +104,22 @@ class DataConfig:
         _check(self.num_workers >= -1, "data.num_workers", "-1 (auto) or >= 0", self.num_workers)
 
 
+def intensity_steps(augment: Any) -> list[str]:
+    """The intensity and resolution steps that are on in ``augment``: an :class:`AugmentConfig`
+    or the resolved parameters (:class:`brainmri.data.transforms.AugmentParams`). A range of
+    (1, 1), a blur up to sigma 0 or a downsampling by 1 changes nothing, so it is off. The one
+    definition the config's checks and :class:`~brainmri.data.batch_augment.BatchAugment` share."""
+    changes = {
+        "gamma": lambda v: tuple(v) != (1.0, 1.0),
+        "contrast": lambda v: tuple(v) != (1.0, 1.0),
+        "bias_field": lambda v: v > 0,
+        "noise": lambda v: v > 0,
+        "blur": lambda v: v[1] > 0,
+        "downsample": lambda v: v > 1,
+    }
+    return [key for key, on in changes.items() if getattr(augment, key) is not None and on(getattr(augment, key))]
+
+
 @dataclass
 class AugmentConfig:
     """Training augmentation: a named preset whose parameters can each be overridden.
@@ -218,6 +234,9 @@ class TrainConfig:
     world_size: Optional[int] = None
     grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
     label_smoothing: float = 0.0
+    # Decay of an exponential moving average of the weights (timm's ModelEmaV3, with its warm-up);
+    # 0: off. On, the average is what validation scores, best.safetensors holds and exports carry.
+    ema: float = 0.0
     class_weights: bool = False  # weight the loss by inverse class frequency of the train split
     select_metric: str = (
         "val/macro_f1"  # val/macro_f1 | val/acc | val/loss | last (the final epoch: no validation needed)
@@ -246,6 +265,7 @@ class TrainConfig:
             _check(self.world_size >= 1, "train.world_size", "an integer >= 1", self.world_size)
         _check(self.grad_clip >= 0, "train.grad_clip", "a norm >= 0 (0 disables)", self.grad_clip)
         _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", "a value in [0, 1)", self.label_smoothing)
+        _check(0.0 <= self.ema < 1.0, "train.ema", "a decay in [0, 1) (0: off), e.g. 0.999", self.ema)
         _choice("train.select_metric", self.select_metric, ("val/macro_f1", "val/acc", "val/loss", "last"))
         _choice("train.tta", self.tta, ("none", "hflip"))
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "an integer >= 1", self.keep_checkpoints)
@@ -429,9 +449,7 @@ class Config:
             )
         if self.slurm.elastic:
             _check_node_range(self.slurm.min_nodes, self.slurm.max_nodes, self.train.grad_accum)
-        intensity = [
-            k for k in ("gamma", "contrast", "bias_field", "noise", "blur", "downsample") if getattr(self.augment, k)
-        ]
+        intensity = intensity_steps(self.augment)
         if intensity and self.data.pipeline != "cached":
             raise ConfigError(
                 f"augment.{intensity[0]} runs on the batched path only: set data.pipeline=cached "

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from brainmri.config import intensity_steps
 from brainmri.data.intensity import per_image_steps
 from brainmri.data.transforms import AugmentParams
 
@@ -206,15 +207,8 @@ def random_intensity(x: torch.Tensor, p: AugmentParams) -> torch.Tensor:
 
 
 def has_intensity(p: AugmentParams) -> bool:
-    """Whether any intensity or resolution step is on."""
-    return (
-        p.bias_field > 0
-        or p.downsample > 1
-        or (p.blur is not None and p.blur[1] > 0)
-        or p.noise > 0
-        or (p.gamma is not None and tuple(p.gamma) != (1.0, 1.0))
-        or (p.contrast is not None and tuple(p.contrast) != (1.0, 1.0))
-    )
+    """Whether any intensity or resolution step is on (the config's own rule)."""
+    return bool(intensity_steps(p))
 
 
 class BatchAugment(nn.Module):

@@ -34,6 +34,7 @@ CONFIDENCE_KEYS = (
     "train.label_smoothing",
     "train.class_weights",
     "train.tta",
+    "train.ema",
     "optim.",
 )
 

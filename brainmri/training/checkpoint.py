@@ -32,6 +32,7 @@ from brainmri.rundir import RunDir, atomic_replace, atomic_write_json, atomic_wr
 from brainmri.scoring.calibration import Calibration, stamp_weights, write_calibration
 from brainmri.training.distributed import plain_model
 from brainmri.training.elastic import STATE_FILE, resume_folder
+from brainmri.training.ema import WeightAverage
 from brainmri.weights import INFERENCE_KEY, verify_checkpoint_folder, without_compile_prefix
 
 log = logging.getLogger(__name__)
@@ -127,8 +128,16 @@ class WeightsLabel:
 class Checkpointer:
     """Saves and restores the full training state of a run, and its best weights."""
 
-    def __init__(self, accelerator: Accelerator, run: RunDir, label: WeightsLabel, keep: int):
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        run: RunDir,
+        label: WeightsLabel,
+        keep: int,
+        average: Optional[WeightAverage] = None,
+    ):
         self.accelerator = accelerator
+        self.average = average  # train.ema's weight average: saved beside the model
         self.run = run
         self.label = label
         self.keep = keep
@@ -157,6 +166,8 @@ class Checkpointer:
         acc.save_state(str(tmp))
         if self.is_main:
             state.save(tmp)
+            if self.average is not None:
+                self.average.save(tmp)
             if rows is not None:
                 save_file({"rows": rows.contiguous()}, str(tmp / self.ROWS))
         acc.wait_for_everyone()
@@ -238,6 +249,9 @@ class Checkpointer:
         verify_checkpoint_folder(path)  # refuse planted pickles before Accelerate opens anything
         self.accelerator.load_state(str(path))
         state.load(path)
+        if self.average is not None and not self.average.load(path):
+            # Its first update copies the resumed weights (timm's warm-up: decay 0 at update 1).
+            log.warning("checkpoint %s has no weight average (train.ema was off): it starts from these weights", path)
         rows = path / self.ROWS
         # The epoch's training predictions so far travel on the main process only: the gather
         # at the epoch's end puts every rank's together again, whatever the world size.
@@ -268,7 +282,11 @@ class Checkpointer:
                 current = int((f.metadata() or {}).get("epoch", -1))
         if current == state.best_epoch:
             return
-        source = self.run.checkpoint(state.best_epoch) / "model.safetensors"
+        folder = self.run.checkpoint(state.best_epoch)
+        # An epoch trained with train.ema was scored on the average, whatever the config says now.
+        source = folder / WeightAverage.FILE
+        if not source.exists():
+            source = folder / "model.safetensors"
         if not source.exists():
             raise CheckpointError(f"best epoch {state.best_epoch} has no checkpoint at {source}")
         self._write_weights(without_compile_prefix(load_file(str(source))), state.best_epoch, state.best_metric)

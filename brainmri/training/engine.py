@@ -115,7 +115,9 @@ class Trainer:
         info = self.prepared.info
         spec = inference_spec(cfg, info, resolve_augment(cfg.augment).normalize)
         label = WeightsLabel(cfg.train.select_metric, cfg.model.name, config_lib.to_yaml(cfg), info, spec)
-        self.checkpointer = Checkpointer(acc, self.prepared.run, label, cfg.train.keep_checkpoints)
+        self.checkpointer = Checkpointer(
+            acc, self.prepared.run, label, cfg.train.keep_checkpoints, self.training.step.average
+        )
         resumed = self.prepared.mode == "resume" and self.checkpointer.resume(self.state)
         self.state.world_size = placement.planned_world
         if placement.changed and acc.is_main_process:
@@ -191,14 +193,19 @@ class Trainer:
 
     @torch.no_grad()  # also keeps DDP from expecting a backward that only rank 0's Grad-CAM would run
     def predict(self, loader: DataLoader, tta: str = "none") -> Predictions:
-        """The model's logits for a whole split, each sample once across ranks, in split order;
-        ``tta=hflip`` averages the logits of each image and its mirror."""
-        self.model.eval()
-        step = self.training.step
+        """The logits of the model validation scores (the weight average with ``train.ema``) for a
+        whole split, each sample once across ranks, in split order; ``tta=hflip`` averages the
+        logits of each image and its mirror."""
+        model, step = self.training.eval_model, self.training.step
+        if step.average is not None:
+            step.average.share()
+        model.eval()
         buffer = PredictionBuffer(len(self.prepared.info.class_names))
         plain_ce = nn.CrossEntropyLoss(reduction="none")  # unweighted, unsmoothed: comparable across recipes
         for images, targets, index in loader:
-            logits = tta_logits(self.model, step.prepare(images, self.training.eval_transform), tta)
+            images = step.prepare(images, self.training.eval_transform)  # in fp32, as without train.ema
+            with self.training.eval_precision():
+                logits = tta_logits(model, images, tta)
             buffer.add(index, logits, targets, plain_ce(logits, targets))
         return buffer.gather(self.accelerator)
 
@@ -236,7 +243,7 @@ class Trainer:
             grad_accum=self.accelerator.gradient_accumulation_steps,
         )
         if self.state.finish_epoch(record, self.cfg.train.select_metric):
-            self.checkpointer.write_best(self.model, self.state)
+            self.checkpointer.write_best(self.training.eval_model, self.state)
         self.state.used_seconds = self.schedule.used_seconds()
         self.checkpointer.save(self.state)
         self._checkpointed_at, self._checkpointed = time.perf_counter(), (self.state.epoch, 0)
@@ -246,7 +253,7 @@ class Trainer:
         """With the best weights (and ``train.tta``): fit the temperature on validation
         (written with the validation probabilities), then score the test split, raw and
         calibrated, and write results.json. A run without validation has no temperature."""
-        self.checkpointer.load_best(self.model)
+        self.checkpointer.load_best(self.training.eval_model)
         tta = self.cfg.train.tta
         calibration = None
         if self.training.val_loader is not None:
@@ -305,7 +312,7 @@ class Trainer:
             results = self.test()
             self.reporter.end(results, self.state.history)
             normalize = resolve_augment(self.cfg.augment).normalize
-            with full_precision_forward(plain_model(self.accelerator, self.model)) as model:
+            with full_precision_forward(plain_model(self.accelerator, self.training.eval_model)) as model:
                 self.reporter.gradcam(model, self.prepared.splits, self.prepared.info, normalize)
             return results
         except TrainingInterrupted as e:

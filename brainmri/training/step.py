@@ -26,7 +26,8 @@ from brainmri.data.loaders import Loaders, build_loaders
 from brainmri.data.samples import CLASS_NAMES, DatasetSplits
 from brainmri.models import build_model
 from brainmri.records import DatasetInfo
-from brainmri.training.distributed import local_process_count, resolve_micro_batch
+from brainmri.training.distributed import local_process_count, plain_model, resolve_micro_batch
+from brainmri.training.ema import WeightAverage
 from brainmri.training.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,11 @@ class TrainStep:
         train: TrainConfig,
         transform: Optional[nn.Module],
         micro_batch: int = 0,
+        average: Optional[WeightAverage] = None,
     ):
         self.accelerator = accelerator
+        self.average = average  # train.ema: updated after each optimizer step
+        self.bare = plain_model(accelerator, model)
         self.micro_batch = micro_batch
         self.model = model
         self.optimizer = optimizer
@@ -133,6 +137,8 @@ class TrainStep:
             stepped = acc.sync_gradients
             if stepped:
                 self.scheduler.step()
+                if self.average is not None and not acc.optimizer_step_was_skipped:  # fp16's scaler skips overflows
+                    self.average.update(self.bare)
         return StepOutput(torch.cat(logits), torch.cat(per_sample), torch.stack(losses).sum(), stepped)
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> StepOutput:
@@ -155,6 +161,16 @@ class Training:
     @property
     def model(self) -> nn.Module:
         return self.step.model
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What validation scores and the best weights hold: the weight average with
+        ``train.ema``, else the trained model."""
+        return self.step.average.module if self.step.average is not None else self.model
+
+    def eval_precision(self) -> contextlib.AbstractContextManager:
+        """The run's precision for :attr:`eval_model` (the trained model carries its own)."""
+        return self.step.average.autocast() if self.step.average is not None else contextlib.nullcontext()
 
     def augment_epoch(self, epoch: int, epochs: int) -> None:
         """Intensity and resolution augmentation on for the first ``intensity_until`` of the
@@ -201,6 +217,12 @@ def build_training(
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.optim)
+    average = None
+    if cfg.train.ema > 0:  # from the bare model: see WeightAverage
+        average = WeightAverage(model, cfg.train.ema, device, accelerator.autocast)
+        log.info(
+            "weight average: decay up to %g (timm ModelEmaV3, warm-up); it is what validation scores", cfg.train.ema
+        )
     if cfg.train.compile:
         model = torch.compile(model)
     weight = class_weights(info.counts["train"] or []) if cfg.train.class_weights else None
@@ -218,6 +240,6 @@ def build_training(
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps)
     scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch, cfg.train.epochs)
     micro = resolve_micro_batch(cfg.train.micro_batch, cfg.train.batch_size, accelerator.mixed_precision, device)
-    step = TrainStep(accelerator, model, optimizer, scheduler, criterion, cfg.train, train_transform, micro)
+    step = TrainStep(accelerator, model, optimizer, scheduler, criterion, cfg.train, train_transform, micro, average)
     until = cfg.augment.intensity_until
     return Training(step, train_loader, val_loader, test_loader, eval_transform, steps_per_epoch, loaders, until)

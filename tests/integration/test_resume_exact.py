@@ -1,6 +1,6 @@
 """Step-exact resume: a run stopped mid-epoch (a stop request, or SIGKILL after a rolling
-checkpoint) and resumed with ``resume=auto`` ends with weights bitwise identical to the same
-run uninterrupted, and ``metrics.jsonl`` holds every epoch once. Single process and 2-process
+checkpoint) and resumed with ``resume=auto`` ends with weights (and their ``train.ema``
+average) bitwise identical to the same run uninterrupted, and ``metrics.jsonl`` holds every epoch once. Single process and 2-process
 gloo DDP, one thread per process (oneDNN's kernels are deterministic at a fixed thread count).
 
 The interruption lands at a step the test draws at random: a runner script wraps the training
@@ -52,9 +52,11 @@ EPOCHS, STEPS_PER_EPOCH = 3, 8
 
 
 def settings(root: Path, out: Path) -> list[str]:
-    """Augmentation, dropout and shuffling all draw random numbers: resume must replay them."""
+    """Augmentation, dropout and shuffling all draw random numbers: resume must replay them.
+    The weight average's warm-up depends on its update count: resume must restore it."""
     return [
         *fast_overrides(root, out, epochs=EPOCHS),
+        "train.ema=0.9",
         "augment.preset=cnn_study",
         "model.dropout=0.3",
         "data.val_fraction=0",
@@ -99,10 +101,18 @@ def uninterrupted(args: list[str], processes: int) -> None:
 
 
 def assert_same_run(reference: Path, resumed: Path) -> None:
-    a, b = load_file(str(reference / "best.safetensors")), load_file(str(resumed / "best.safetensors"))
-    assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"weights differ after the resume: {different}"
+    """The trained weights and their average (train.ema: what best.safetensors holds) bitwise
+    equal, and the average is not the trained model."""
+    last = Path("checkpoints") / f"epoch_{EPOCHS:04d}"
+    for name in ("best.safetensors", last / "model.safetensors", last / "ema.safetensors"):
+        a, b = load_file(str(reference / name)), load_file(str(resumed / name))
+        assert a.keys() == b.keys()
+        different = [k for k in a if not torch.equal(a[k], b[k])]
+        assert not different, f"{name} differs after the resume: {different}"
+    best, average = load_file(str(resumed / "best.safetensors")), load_file(str(resumed / last / "ema.safetensors"))
+    assert all(torch.equal(best[k], average[k]) for k in best)
+    trained = load_file(str(resumed / last / "model.safetensors"))
+    assert any(not torch.equal(best[k], trained[k]) for k in best)
     epochs = [json.loads(line)["epoch"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert epochs == list(range(1, EPOCHS + 1))
 

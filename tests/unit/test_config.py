@@ -46,6 +46,7 @@ def test_unknown_key_names_nearest(arg, expected):
             "no validation to choose epochs by train.select_metric=val/macro_f1: set train.select_metric=last",
         ),
         ("train.tta=vflip", "train.tta='vflip' is invalid: expected one of none\\|hflip"),
+        ("train.ema=1", "train.ema=1.0 is invalid: expected a decay in \\[0, 1\\) \\(0: off\\)"),
         ("data.channels=2", "data.channels=2 is invalid: expected one of 1\\|3"),
         ("train.mixed_precision=fp8", "train.mixed_precision"),
         ("data.on_bad_image=ignore", "data.on_bad_image"),

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from brainmri.config import AugmentConfig, Config, DataConfig
+from brainmri.config import AugmentConfig, Config, DataConfig, intensity_steps
 from brainmri.data.batch_augment import (
     BatchAugment,
     bias_field,
@@ -14,6 +14,7 @@ from brainmri.data.batch_augment import (
     gamma,
     gaussian_blur,
     gaussian_noise,
+    has_intensity,
     legendre_basis,
     random_intensity,
 )
@@ -162,6 +163,36 @@ def test_intensity_settings_are_checked():
         AugmentConfig(intensity_until=1.5)
     with pytest.raises(ConfigError, match="augment.intensity_until=0.8 has nothing to turn off"):
         Config(data=DataConfig(pipeline="cached"), augment=AugmentConfig(intensity_until=0.8))
+
+
+@pytest.mark.parametrize(
+    "settings, on",
+    [
+        ({"gamma": [1.0, 1.0]}, False),
+        ({"contrast": [1.0, 1.0], "blur": [0.0, 0.0], "downsample": 1.0, "noise": 0.0, "bias_field": 0.0}, False),
+        ({"gamma": [1.0, 1.2]}, True),
+        ({"blur": [0.0, 0.5]}, True),
+        ({"downsample": 1.5}, True),
+    ],
+)
+def test_the_config_and_the_batch_transform_agree_on_what_is_an_intensity_step(settings, on):
+    """One rule: a setting that changes nothing (gamma [1, 1]) is off for the config's checks,
+    which accept it on the PIL pipeline and refuse augment.intensity_until for it, and for the
+    batch transform, which then draws nothing for it."""
+    augment = AugmentConfig(preset="cnn_study", **settings)
+    assert bool(intensity_steps(augment)) is on
+    assert has_intensity(resolve_augment(augment)) is on
+    if on:
+        with pytest.raises(ConfigError, match="runs on the batched path only"):
+            Config(data=DataConfig(pipeline="pil"), augment=augment)
+        Config(
+            data=DataConfig(pipeline="cached"),
+            augment=AugmentConfig(preset="cnn_study", intensity_until=0.5, **settings),
+        )
+    else:
+        Config(data=DataConfig(pipeline="pil"), augment=augment)
+        with pytest.raises(ConfigError, match="has nothing to turn off"):
+            Config(data=DataConfig(pipeline="cached"), augment=AugmentConfig(intensity_until=0.5, **settings))
 
 
 def test_the_intensity_flag_leaves_only_the_geometric_steps():

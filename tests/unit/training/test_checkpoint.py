@@ -10,11 +10,14 @@ import pytest
 import torch
 from accelerate import Accelerator
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from brainmri.errors import CheckpointError
 from brainmri.records import DatasetInfo, EpochRecord, RunResults
 from brainmri.rundir import RunDir, read_jsonl
 from brainmri.training.checkpoint import Checkpointer, TrainState, WeightsLabel
+from brainmri.training.distributed import plain_model
+from brainmri.training.ema import WeightAverage
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "run_v1"
 
@@ -104,6 +107,24 @@ def test_resume_restores_state_and_repairs_best_weights_from_another_epoch(tmp_p
     with safe_open(str(checkpointer.run.best_weights), "pt") as f:
         assert f.metadata()["epoch"] == "1"
     assert [r["epoch"] for r in read_jsonl(checkpointer.run.metrics)] == [1, 2]
+
+
+def test_best_weights_are_repaired_from_the_average_an_epoch_was_scored_on(tmp_path):
+    """With train.ema the best epoch's weights are its average (ema.safetensors), even when the
+    run is resumed without train.ema."""
+    checkpointer, model, _ = make_checkpointer(tmp_path)
+    checkpointer.average = WeightAverage(plain_model(checkpointer.accelerator, model), 0.9, torch.device("cpu"))
+    state = TrainState()
+    state.finish_epoch(record(1, 0.9), "val/acc")
+    with torch.no_grad():
+        checkpointer.average.module.weight.fill_(7.0)  # the average differs from the trained weights
+    checkpointer.write_best(checkpointer.average.module, state)
+    checkpointer.save(state)
+    checkpointer.run.best_weights.unlink()  # lost: resume must write it again
+    checkpointer.average = None
+    assert checkpointer.resume(TrainState())
+    repaired = load_file(str(checkpointer.run.best_weights))
+    assert torch.equal(repaired["weight"], torch.full((4, 3), 7.0))
 
 
 def test_resume_without_a_checkpoint_changes_nothing(tmp_path):

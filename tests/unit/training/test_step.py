@@ -24,15 +24,6 @@ from brainmri.training.optim import build_optimizer, build_scheduler
 from brainmri.training.step import Training, TrainStep, intensity_epochs
 
 
-@pytest.fixture
-def fresh_state():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
 def make_step(precision: str, grad_clip: float = 0.0):
     """A TrainStep on a small conv net, prepared by an Accelerator running ``precision`` on the CPU."""
     torch.manual_seed(0)
