@@ -137,3 +137,31 @@ def test_an_average_file_without_its_update_count_is_refused(tmp_path):
     save_file(tensors, str(tmp_path / WeightAverage.FILE))
     with pytest.raises(CheckpointError, match="has no update count"):
         WeightAverage(net(), 0.99, torch.device("cpu")).load(tmp_path)
+
+
+def _share_on_rank(rank: int, port: int, out: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        average = WeightAverage(net(), 0.9, torch.device("cpu"))
+        bn = average.module[1]
+        with torch.no_grad():
+            bn.running_mean.fill_(float(rank + 1))  # each rank's own statistics, as between DDP's broadcasts
+            bn.weight.fill_(float(rank + 5))  # a parameter: never broadcast (the ranks' already agree)
+        average.share()
+        torch.save({"mean": bn.running_mean.clone(), "weight": bn.weight.clone()}, f"{out}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_before_an_evaluation_every_rank_takes_rank_0s_batchnorm_statistics(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_share_on_rank, args=(port, str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert all(torch.equal(r["mean"], torch.full((4,), 1.0)) for r in ranks)
+    assert [float(r["weight"][0]) for r in ranks] == [5.0, 6.0]
