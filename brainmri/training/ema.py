@@ -45,7 +45,6 @@ class WeightAverage:
         device: torch.device,
         autocast: Optional[Callable[[], ContextManager]] = None,
     ):
-        self.decay = decay
         self.ema = ModelEmaV3(model, decay=decay, use_warmup=True).to(device)
         self.updates = 0
         self._autocast = autocast
