@@ -18,7 +18,7 @@ from typing import Callable, ContextManager, Optional
 import torch
 import torch.distributed as dist
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from timm.utils.model_ema import ModelEmaV3
 from torch import nn
 
@@ -89,10 +89,10 @@ class WeightAverage:
         path = folder / self.FILE
         if not path.is_file():
             return False
-        with safe_open(str(path), "pt") as f:
+        with safe_open(str(path), "pt") as f:  # one read: the count and the tensors
             updates = (f.metadata() or {}).get(self.UPDATES)
-        if updates is None:
-            raise CheckpointError(f"{path} has no update count: it was not written by this brainmri")
-        self.module.load_state_dict(load_file(str(path), device="cpu"))
+            if updates is None:
+                raise CheckpointError(f"{path} has no update count: it was not written by this brainmri")
+            self.module.load_state_dict({key: f.get_tensor(key) for key in f.keys()})
         self.updates = int(updates)
         return True
