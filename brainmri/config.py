@@ -146,7 +146,8 @@ class AugmentConfig:
     # (the geometric steps stay), so a short run's last epochs fit clean images at a low rate.
     intensity_until: float = 1.0
     # half (mean=std=0.5) | dataset (train split stats) | imagenet | zscore (per image, over its
-    # foreground) | percentile (per image, 1st-99th percentile to [-1, 1]); see brainmri.data.intensity
+    # foreground) | percentile (per image, 1st-99th percentile to [-1, 1]) | rank (per image,
+    # histogram equalization to (-1, 1)); see brainmri.data.intensity
     normalize: Optional[str] = None
 
     def __post_init__(self) -> None:
@@ -181,7 +182,8 @@ class AugmentConfig:
             if v is not None:
                 _check(low <= v <= high, f"augment.{key}", f"a number in [{low:g}, {high:g}]", v)
         if self.normalize is not None:
-            _choice("augment.normalize", self.normalize, ("half", "dataset", "imagenet", "zscore", "percentile"))
+            kinds = ("half", "dataset", "imagenet", "zscore", "percentile", "rank")
+            _choice("augment.normalize", self.normalize, kinds)
 
 
 @dataclass

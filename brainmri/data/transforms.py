@@ -74,7 +74,7 @@ def fixed_normalization(kind: str, channels: int) -> Optional[tuple[tuple[float,
     scaling's [0, 1] becomes [-1, 1] as with ``half``."""
     if kind == "zscore":
         return (0.0,) * channels, (1.0,) * channels
-    if kind in ("half", "percentile"):
+    if kind in ("half", "percentile", "rank"):
         return (0.5,) * channels, (0.5,) * channels
     if kind == "imagenet":
         if channels == 3:

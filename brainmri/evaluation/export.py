@@ -45,6 +45,7 @@ SPEC_KEY = "brainmri.inference"
 PER_IMAGE_STEP = {  # brainmri.data.intensity's per-image steps, for a reader without brainmri
     "zscore": "z-score each image over its foreground (pixels above min + 0.1 * (max - min)); ",
     "percentile": "map each image's 1st and 99th percentiles to 0 and 1, clipped; ",
+    "rank": "replace each pixel by its mid-rank in the image (4,096 bins between its min and max), in (0, 1); ",
 }
 
 

@@ -32,11 +32,17 @@ METRIC_KEYS = {
 
 
 def test_demo_two_processes_ddp(tmp_path):
-    """accelerate's torchrun launcher, 2 CPU processes over gloo, the bundled demo recipe."""
+    """accelerate's torchrun launcher, 2 CPU processes over gloo, the bundled demo recipe,
+    validated on a weight average (train.ema) that both ranks score with rank 0's statistics."""
     out = tmp_path / "demo"
     proc = run_script(
         two_processes(
-            "recipe=demo", "train.epochs=2", f"output_dir={out}", "tracking.wandb=offline", "tracking.log_every=2"
+            "recipe=demo",
+            "train.epochs=2",
+            "train.ema=0.5",
+            f"output_dir={out}",
+            "tracking.wandb=offline",
+            "tracking.log_every=2",
         ),
         timeout=900,
     )
@@ -77,6 +83,13 @@ def test_demo_two_processes_ddp(tmp_path):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0001", "epoch_0002"]
     assert proc.stdout.count("resolved config") == 1  # only the main process prints
     check_offline_wandb_run(out, results)
+    # The average each epoch saved is what both ranks scored: one process scoring the best
+    # epoch's (best.safetensors) on the validation split gets the score the run logged for it.
+    assert all((out / "checkpoints" / e / "ema.safetensors").is_file() for e in ("epoch_0001", "epoch_0002"))
+    proc = run_script(python(str(REPO / "launch" / "evaluate.py"), f"run={out}", "split=val", "tta=none"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    logged = next(r for r in history if r["epoch"] == results["best_epoch"])
+    assert json.loads((out / "eval_val.json").read_text())["val/acc"] == pytest.approx(logged["val/acc"], abs=1e-9)
 
 
 def check_offline_wandb_run(out: Path, results: dict) -> None:

@@ -51,7 +51,7 @@ def test_the_clean_row_is_evaluates_accuracy_and_corruptions_change_the_answers(
     assert [(p, p.stat().st_mtime_ns, p.read_bytes()) for p in files] == before
 
 
-@pytest.mark.parametrize("kind", ["zscore", "percentile"])
+@pytest.mark.parametrize("kind", ["zscore", "percentile", "rank"])
 def test_per_image_normalization_makes_the_contrast_corruption_harmless(demo_splits, kind):
     """Lower contrast around the image's mean is an increasing affine change of the pixels:
     per-image normalization undoes it, a fixed mean and std does not."""

@@ -109,5 +109,9 @@ def test_the_onnx_metadata_and_preprocessing_follow_a_per_image_normalization():
     image = Image.fromarray((np.arange(48 * 48).reshape(48, 48) % 251).astype(np.uint8))
     exported = OnnxModel(None, spec, Path("m.onnx"))
     assert torch.equal(exported.transform()(image), build_eval_transform(32, [0.1], [0.3], "zscore")(image))
+    ranked = InferenceSpec(["a", "b"], 32, 1, [0.5], [0.5], "cnn0", {}, "none", normalize="rank")
+    assert "mid-rank" in metadata_props(ranked)["preprocessing"]
+    exported = OnnxModel(None, ranked, Path("m.onnx"))
+    assert torch.equal(exported.transform()(image), build_eval_transform(32, [0.5], [0.5], "rank")(image))
     plain = metadata_props(InferenceSpec(["a", "b"], 32, 1, [0.1], [0.3], "cnn0", {}, "none"))
     assert plain["normalize"] == "fixed" and "z-score" not in plain["preprocessing"] and plain["temperature"] == "none"
