@@ -71,7 +71,7 @@ def fixed_normalization(kind: str, channels: int) -> Optional[tuple[tuple[float,
     """Mean and std for the dataset-independent choices; None for "dataset".
 
     After the per-image steps: a z-score is already centred (mean 0, std 1), and percentile
-    scaling's [0, 1] becomes [-1, 1] as with ``half``."""
+    scaling's [0, 1] and rank's (0, 1) become [-1, 1] as with ``half``."""
     if kind == "zscore":
         return (0.0,) * channels, (1.0,) * channels
     if kind in ("half", "percentile", "rank"):
