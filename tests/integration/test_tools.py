@@ -95,11 +95,18 @@ def test_gpu_check_wheels_follow_what_the_steps_import():
     assert not missing & {"torch", "timm", "wandb", "numpy", "brainmri"}
 
 
-def test_cpu_levers_compares_the_four_candidates():
+def test_cpu_levers_compares_the_six_candidates():
     proc = run_script(
         [sys.executable, "tools/cpu_levers.py", "--size", "32", "--steps", "1", "--rounds", "2"], timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert [(r["channels_last"], r["batch"]) for r in rows] == [(True, 32), (False, 32), (True, 16), (False, 16)]
-    assert all(r["img_s"] > 0 for r in rows) and proc.stdout.count("round ") == 8
+    assert [(r["channels_last"], r["batch"], r["slice"]) for r in rows] == [
+        (True, 32, 32),
+        (True, 32, 16),
+        (True, 32, 8),
+        (True, 32, 4),
+        (False, 32, 16),
+        (False, 16, 16),
+    ]
+    assert all(r["img_s"] > 0 for r in rows) and proc.stdout.count("round ") == 12
