@@ -200,9 +200,12 @@ class BudgetPlan:
     step_seconds: float  # a training step, timed after warm-up
     epoch_seconds: float  # one epoch as planned: training, validation, checkpoint
     reserve_seconds: float  # after the last epoch: calibration, test, files
-    epochs: int
+    epochs: int  # the last one included, whole or cut short
     planned_after: int  # epochs completed when it was made
     replans: int = 0  # times the clock or a requeue forced a new plan
+    # Optimizer steps of the last epoch when the plan cuts it short (None: whole). Steps, not
+    # batches: an elastic resume on fewer ranks keeps the global batch, so an epoch's steps stay.
+    last_steps: Optional[int] = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

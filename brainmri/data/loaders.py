@@ -167,18 +167,7 @@ def build_loaders(
             dataset = CachedDataset(cache, samples)
         else:
             dataset = ImageDataset(splits.root, samples, data.channels, transform)
-        return DataLoader(
-            IndexedDataset(dataset),
-            batch_size=batch_size,
-            shuffle=train,
-            num_workers=workers,
-            pin_memory=on_gpu and resident is None,
-            # Starting an epoch's iterator draws the workers' base seed: from the loader's own
-            # generator, so that the training's random stream (augmentation, dropout) is the same
-            # whether the epoch began in this process or before a mid-epoch resume.
-            generator=torch.Generator(),
-            persistent_workers=workers > 0,
-        )
+        return _data_loader(dataset, batch_size, train, workers, pin_memory=on_gpu and resident is None)
 
     return Loaders(
         train=loader(splits.train, train_tf, train=True),
@@ -189,6 +178,22 @@ def build_loaders(
         cache_build_seconds=cache.build_seconds if cache is not None else 0.0,
         cache_on_device=resident is not None,
         cache_upload_seconds=resident.upload_seconds if resident is not None else 0.0,
+    )
+
+
+def _data_loader(dataset: Dataset, batch_size: int, shuffle: bool, workers: int, pin_memory: bool) -> DataLoader:
+    """A loader whose items are (image, label, index)."""
+    return DataLoader(
+        IndexedDataset(dataset),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        # Starting an epoch's iterator draws the workers' base seed: from the loader's own
+        # generator, so that the training's random stream (augmentation, dropout) is the same
+        # whether the epoch began in this process or before a mid-epoch resume.
+        generator=torch.Generator(),
+        persistent_workers=workers > 0,
     )
 
 

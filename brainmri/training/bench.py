@@ -270,18 +270,15 @@ def run_benchmark(
     check_pretrained_source(cfg.model)  # one line, as train.py says it, before any data is read
     accelerator = make_accelerator(cfg.train, cfg.seed)
     device = accelerator.device
-    # Speed does not depend on which images validate: skip the perceptual hashes of the grouped split.
-    rule = dataclasses.replace(split_rule(cfg.data, cfg.seed), groups="none")
-    splits = scan_dataset(resolve_root(cfg.data.root), rule, "skip", workers=auto_workers(1))
+    splits = _scan_for_speed(cfg)
     info = _speed_only_info(cfg, splits)
     out = {**describe(cfg, accelerator, splits), "steps": steps, "rounds": rounds}
     log(
         f"the Trainer's step: {cfg.model.name} {cfg.train.batch_size}x{cfg.in_chans}x{cfg.data.image_size}² "
         f"{out['precision']} on {out['device']}"
     )
-    scratch = Path(
-        tempfile.mkdtemp(prefix="brainmri-bench-", dir=cfg.data.cache_dir)
-    )  # a fresh cache: build time counts
+    # A fresh cache: its build time counts.
+    scratch = Path(tempfile.mkdtemp(prefix="brainmri-bench-", dir=cfg.data.cache_dir))
     try:
         for pipeline in pipelines:
             log(f"{pipeline}: building the loaders, model and step as the Trainer does")
@@ -303,17 +300,36 @@ def run_benchmark(
                 out.update(machine_limit(training, cfg, accelerator, isa_cap))
             add_flop_rates(out[pipeline], out["train_gflop_per_image"], out["peak_tflops"])
             if pipeline == "cached":
-                out["cache_build_s"] = round(training.loaders.cache_build_seconds, 2)
-                out["cache_on_device"] = training.loaders.cache_on_device
-                out["cache_upload_s"] = round(training.loaders.cache_upload_seconds, 2)
+                out.update(_cache_figures(training))
             del training  # workers and the device copy of the cache go now
             accelerator.free_memory()
         if "pil" in out:
             out["pil_epoch_s"] = round(len(splits.train) / out["pil"]["train_img_s"], 1)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    out["peak_rss_mb"] = _peak_rss_mb()
+    return out
+
+
+def _scan_for_speed(cfg: Config) -> DatasetSplits:
+    """The splits as training makes them, less the perceptual hashes of a grouped split: speed
+    does not depend on which images validate."""
+    rule = dataclasses.replace(split_rule(cfg.data, cfg.seed), groups="none")
+    return scan_dataset(resolve_root(cfg.data.root), rule, "skip", workers=auto_workers(1))
+
+
+def _cache_figures(training: Training) -> dict:
+    loaders = training.loaders
+    return {
+        "cache_build_s": round(loaders.cache_build_seconds, 2),
+        "cache_on_device": loaders.cache_on_device,
+        "cache_upload_s": round(loaders.cache_upload_seconds, 2),
+    }
+
+
+def _peak_rss_mb() -> float:
+    """This process's and its loader workers' peak resident memory (Linux reports KiB)."""
     usage = max(
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     )
-    out["peak_rss_mb"] = round(usage / 1024, 1)
-    return out
+    return round(usage / 1024, 1)

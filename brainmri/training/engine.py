@@ -158,7 +158,9 @@ class Trainer:
         batches = acc.skip_first_batches(loader, done) if done else loader
         self.schedule.new_epoch()
         self.training.augment_epoch(epoch, self.schedule.epochs)
-        with self.reporter.epoch_progress(epoch, self.schedule.epochs, len(loader) - done) as meter:
+        with self.reporter.epoch_progress(
+            epoch, self.schedule.epochs, self.schedule.epoch_batches(epoch) - done
+        ) as meter:
             for images, targets, index in batches:
                 self._between_steps(buffer, seconds_before + time.perf_counter() - meter.start)
                 out = step(images, targets)
@@ -170,6 +172,12 @@ class Trainer:
                 self.schedule.after_step()
                 meter.add(len(targets))
                 self.reporter.step(meter, self.state.step, out.stepped, out.loss, step.lr)
+                cut = self.schedule.epoch_batches(epoch)
+                if out.stepped and cut < len(loader) and self.state.batches >= cut:
+                    # The budget's plan ends this last epoch here, every rank at the same step.
+                    # Accelerate's loader leaves the gradient state only when run to its end.
+                    batches.end()
+                    break
         seconds = seconds_before + time.perf_counter() - meter.start
         self.state.batches, self.state.epoch_seconds = 0, 0.0
         self.checkpointer.resumed_rows = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from timm.optim import create_optimizer_v2
@@ -29,10 +29,15 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int, epochs: int
+    optimizer: torch.optim.Optimizer,
+    cfg: OptimConfig,
+    steps_per_epoch: int,
+    epochs: int,
+    total_steps: Optional[int] = None,
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """Stepped once per optimizer step over ``steps_per_epoch * epochs`` steps."""
-    total = max(1, steps_per_epoch * epochs)
+    """Stepped once per optimizer step over ``steps_per_epoch * epochs`` steps, or ``total_steps``
+    where a budget's plan cuts the last epoch short."""
+    total = max(1, steps_per_epoch * epochs if total_steps is None else total_steps)
     warmup = min(total - 1, int(round(cfg.warmup_epochs * steps_per_epoch)))
     if cfg.schedule == "onecycle":
         pct = warmup / total if warmup > 0 else 0.3

@@ -26,13 +26,14 @@ from brainmri.training.step import Training
 log = logging.getLogger(__name__)
 
 
-def run_shape(training: Training, tta: str) -> RunShape:
+def run_shape(training: Training, tta: str, accum: int) -> RunShape:
     """An epoch and the end of the run in batches, as the budget plans them."""
     return RunShape(
         train_batches=len(training.train_loader),
         eval_batches=len(training.val_loader) if training.val_loader is not None else 0,
         test_batches=len(training.test_loader) if training.test_loader is not None else 0,
         tta_passes=2 if tta == "hflip" else 1,
+        accum=accum,
     )
 
 
@@ -68,7 +69,8 @@ class Schedule:
             return
         used = state.used_seconds if budget_seconds(train.budget) is not None else 0.0  # slurm: per attempt
         clock = attempt_clock(train.budget, started, used, slurm_seconds_left)
-        self.budget = Budget(clock, run_shape(training, train.tta), state.plan)
+        shape = run_shape(training, train.tta, accelerator.gradient_accumulation_steps)
+        self.budget = Budget(clock, shape, state.plan)
         if state.plan is None:
             self._lay(PROVISIONAL_EPOCHS)
             return
@@ -82,6 +84,15 @@ class Schedule:
     def new_epoch(self) -> None:
         if self.budget is not None:
             self.budget.new_epoch()
+
+    def epoch_batches(self, epoch: int) -> int:
+        """Training batches of epoch ``epoch`` (0-based): the whole loader, or where the plan cuts
+        the last epoch short. Read at every step: the first plan comes during the first epoch."""
+        whole = len(self.training.train_loader)
+        plan = self.state.plan
+        if self.budget is None or plan is None or plan.last_steps is None or epoch != plan.epochs - 1:
+            return whole
+        return min(whole, plan.last_steps * self.accelerator.gradient_accumulation_steps)
 
     def after_step(self) -> None:
         """Time the step; at the step the plan is ready (the same on every rank), adopt the main process's."""
@@ -102,19 +113,21 @@ class Schedule:
             return
         new = on_main(self.accelerator, lambda: self.budget.after_epoch(self.state.epoch, epoch_seconds))
         if new is not None:
-            pace = "slower" if new.epochs < plan.epochs else "faster"
+            pace = "slower" if self.budget.batches(new) < self.budget.batches(plan) else "faster"
             self._adopt(new, f"re-planned, the epochs ran {pace} than planned")
 
-    def _lay(self, epochs: int) -> None:
-        """A schedule over ``epochs``, fast-forwarded to the state's step."""
+    def _lay(self, epochs: int, last_steps: Optional[int] = None) -> None:
+        """A schedule over ``epochs`` (the last cut to ``last_steps`` optimizer steps), fast-forwarded
+        to the state's step."""
         self.epochs = epochs
         step, per_epoch = self.training.step, self.training.steps_per_epoch
-        step.scheduler = build_scheduler(step.optimizer, self.optim, per_epoch, epochs)
-        fast_forward(step.scheduler, self.state.step, per_epoch * epochs)
+        total = per_epoch * (epochs - 1) + (per_epoch if last_steps is None else min(per_epoch, last_steps))
+        step.scheduler = build_scheduler(step.optimizer, self.optim, per_epoch, epochs, total_steps=total)
+        fast_forward(step.scheduler, self.state.step, total)
 
     def _adopt(self, plan: BudgetPlan, why: str) -> None:
         self.budget.adopt(plan)
         self.state.plan = plan
-        self._lay(plan.epochs)
+        self._lay(plan.epochs, plan.last_steps)
         if self.accelerator.is_main_process:
-            log.info("%s: %s", why, describe_plan(plan, self.started))
+            log.info("%s: %s", why, describe_plan(plan, self.started, self.budget.shape, self.state.batches))

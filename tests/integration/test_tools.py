@@ -1,4 +1,5 @@
-"""tools/: the GPU check, run dry on a CPU so it is known to work before a GPU is lent."""
+"""tools/: the GPU check, run dry on a CPU so it is known to work before a GPU is lent; the CPU
+levers and the budget replay."""
 
 from __future__ import annotations
 
@@ -110,3 +111,18 @@ def test_cpu_levers_compares_the_six_candidates():
         (False, 16, 16),
     ]
     assert all(r["img_s"] > 0 for r in rows) and proc.stdout.count("round ") == 12
+
+
+def test_budget_replay_prints_each_epoch_length_and_replays_another_budget_module(tmp_path):
+    older = tmp_path / "budget.py"  # any module with the same interface: here a copy of today's
+    older.write_text((REPO / "brainmri" / "training" / "budget.py").read_text())
+    for extra in ([], ["--budget-module", str(older)]):
+        proc = run_script([sys.executable, "tools/budget_replay.py", "--runs", "5", *extra], timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        lines = proc.stdout.strip().splitlines()
+        assert [line.split(" (")[0] for line in lines] == [
+            "epochs of 30-50 s",
+            "epochs of 150-200 s",
+            "epochs of 300-450 s",
+        ]
+        assert all(line.endswith(" of 5") for line in lines), lines

@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from rich.console import Console
 
 from brainmri.data.scan import scan_dataset
 from brainmri.data.splits import SplitRule
 from brainmri.evaluation.audit import audit
+from brainmri.evaluation.audit_report import show_audit
 from tests.conftest import LAYOUTS
 
 
@@ -76,6 +78,23 @@ def test_audit_reports_unreadable_files(planted):
     (planted / "Training/no_tumor/broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     report = audit(planted, near_threshold=4, workers=1)
     assert list(report["unreadable"]) == ["Training/no_tumor/broken.jpg"]
+
+
+def test_the_console_report_shows_counts_leaks_unreadable_files_and_conflicts(planted):
+    (planted / "Training/no_tumor/broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    report = audit(planted, near_threshold=6, workers=1)
+    console = Console(record=True, width=200)
+    show_audit(console, report, planted, 6)
+    text = console.export_text()
+    assert f"{report['images']} images in" in text and report["images"] == 34
+    assert "1 unreadable: Training/no_tumor/broken.jpg" in text
+    assert "perceptual hash within 6 bits" in text
+    rows = {line.split("│")[1].strip(): line for line in text.splitlines() if line.count("│") >= 3}
+    assert rows["train"].split("│")[3].strip() == "6"  # meningioma, with the mislabeled copy
+    assert rows["test images byte-identical to a Training image"].split("│")[2].strip() == "1"
+    assert rows["test images with the same pixels as a Training image"].split("│")[2].strip() == "2"
+    assert rows["groups whose labels disagree"].split("│")[2].strip() == "1"
+    assert "label conflict ['glioma', 'meningioma']" in text
 
 
 def test_dedup_train_test_removes_exactly_the_planted_exact_leaks(planted):
