@@ -245,7 +245,7 @@ class Budget:
         self.plan = plan
         self.timer = StepTimer() if plan is None else None
         self.epoch_times: list[float] = []  # measured epochs of this attempt since its plan
-        # The longest plan, in batches: late re-plans give back up to it.
+        # The longest plan (compared in batches): late re-plans give back up to it.
         self.most = plan
         self.late_cap: Optional[int] = None  # see _late_cap
 
@@ -307,7 +307,8 @@ class Budget:
             return None  # one epoch is not a pace; or too little to add even 2% slower
         more = fits(1.0)
         if epochs_done > plan.epochs * EXTEND_WITHIN and self.batches(more) > self._late_cap():
-            more = replace(paced, **dict(zip(("epochs", "last_steps"), training_of(self._late_cap(), self.shape))))
+            epochs, last = training_of(self._late_cap(), self.shape)
+            more = replace(paced, epochs=epochs, last_steps=last)
         return more if self.batches(more) > planned else None
 
     def _late_cap(self) -> int:
